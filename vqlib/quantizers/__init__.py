@@ -1,0 +1,26 @@
+"""Codebook primitives: one contract (:class:`Quantizer`) for every method."""
+
+from .base import GRADIENTS, Quantizer, QuantizerOutput, Usage
+from .fsq import FSQ
+from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
+from .kmeans import kmeans
+from .nearest import METRICS, nearest
+from .simvq import SimVQ
+from .vq import VectorQuantizer
+
+__all__ = [
+    "FSQ",
+    "FVQ",
+    "GRADIENTS",
+    "METRICS",
+    "Quantizer",
+    "QuantizerOutput",
+    "SimVQ",
+    "Usage",
+    "VQBridge",
+    "VectorQuantizer",
+    "kmeans",
+    "learning_annealing",
+    "learning_annealing_lambda",
+    "nearest",
+]

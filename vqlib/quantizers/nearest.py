@@ -1,0 +1,137 @@
+"""Exact nearest-code search: ``nearest(x, codebook, k=1, metric="l2")``.
+
+Distances come from the expanded norm ``‖x − c‖² = ‖x‖² − 2⟨x, c⟩ + ‖c‖²`` as one
+fp32 matmul per block. The search walks blocks of rows and blocks of codes and
+keeps a running best (or top-k) per row, so the extra memory is one
+``rows × codes`` block whatever N and K are: never the full N×K distance
+matrix and never a one-hot. Blocks of a few MiB keep the distances in cache
+between the matmul that writes them and the reduction that reads them, which
+is where the speed over an unblocked search comes from (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["nearest", "METRICS"]
+
+METRICS = ("l2", "ip", "cosine")
+
+# Elements of one distance block. Measured on a 2-core x86 machine (N=65536,
+# d=64, K=4096): 1-4M fp32 elements (4-16 MiB) is the flat optimum; smaller
+# blocks pay per-call overhead, larger ones fall out of cache.
+_BLOCK_ELEMENTS = 1 << 21
+_DEFAULT_MAX_MEMORY = 256 << 20
+
+
+def _check(x: torch.Tensor, codebook: torch.Tensor, k: int, metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if x.dim() != 2 or codebook.dim() != 2:
+        raise ValueError(
+            f"expected x (N, d) and codebook (K, d), got shapes {tuple(x.shape)} and {tuple(codebook.shape)}"
+        )
+    if x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"expected last dim {codebook.shape[1]} (the codebook's), got {x.shape[1]}")
+    if not (x.is_floating_point() and codebook.is_floating_point()):
+        raise ValueError(f"expected floating-point x and codebook, got {x.dtype} and {codebook.dtype}")
+    if codebook.shape[0] == 0:
+        raise ValueError("codebook is empty")
+    if not 1 <= k <= codebook.shape[0]:
+        raise ValueError(f"k must be in [1, {codebook.shape[0]}] (the codebook size), got {k}")
+
+
+def _block_sizes(n: int, num_codes: int, k: int, max_memory: int) -> tuple[int, int]:
+    """Rows and codes per block, bounded by both the cache target and ``max_memory``."""
+    budget = max(1, min(_BLOCK_ELEMENTS, max_memory // 4))
+    codes = min(num_codes, 4096, budget)
+    codes = max(codes, min(num_codes, k))  # a block must hold k candidates for top-k merging
+    # per row: the distance block plus the running top-k (values and indices) twice over
+    per_row = codes + 6 * k
+    rows = max(1, min(n, budget // per_row))
+    return rows, codes
+
+
+@torch.no_grad()
+def nearest(
+    x: torch.Tensor,
+    codebook: torch.Tensor,
+    k: int = 1,
+    metric: str = "l2",
+    max_memory: int = _DEFAULT_MAX_MEMORY,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-nearest codes of each row of ``x``.
+
+    Args:
+        x: ``(N, d)`` queries, any float dtype (computed in fp32).
+        codebook: ``(K, d)`` codes.
+        k: number of neighbours per row.
+        metric: ``"l2"`` (squared Euclidean, smallest first), ``"ip"`` (inner
+            product, largest first) or ``"cosine"`` (cosine similarity, largest
+            first) — the FAISS conventions.
+        max_memory: bound in bytes on the working memory beyond the inputs and
+            outputs (default 256 MiB).
+
+    Returns:
+        ``(distances, indices)``: fp32 and int64 tensors of shape ``(N, k)``,
+        best first. Ties go to the lower index.
+    """
+    _check(x, codebook, k, metric)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x = x.float()
+        codebook = codebook.float()
+        if metric == "cosine":
+            x = F.normalize(x, dim=-1)
+            codebook = F.normalize(codebook, dim=-1)
+        return _search(x, codebook, k, metric, max_memory)
+
+
+def _search(x, codebook, k, metric, max_memory):
+    n, num_codes = x.shape[0], codebook.shape[0]
+    largest = metric != "l2"
+    out_d = torch.empty(n, k, dtype=torch.float32, device=x.device)
+    out_i = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    if n == 0:
+        return out_d, out_i
+    rows, codes = _block_sizes(n, num_codes, k, max_memory)
+    if metric == "l2":
+        # argmin ‖x−c‖² = argmin (‖c‖² − 2⟨x,c⟩); ‖x‖² is added back at the end
+        bias, alpha = (codebook * codebook).sum(-1), -2.0
+    else:
+        bias, alpha = torch.zeros(num_codes, device=x.device), 1.0
+    code_blocks = [(j, codebook[j : j + codes].t(), bias[j : j + codes]) for j in range(0, num_codes, codes)]
+    for i in range(0, n, rows):
+        xb = x[i : i + rows]
+        best_d = best_i = None
+        for j, cb_t, bb in code_blocks:
+            dist = torch.addmm(bb, xb, cb_t, alpha=alpha)
+            if k == 1:
+                d, ix = dist.max(1, keepdim=True) if largest else dist.min(1, keepdim=True)
+                ix += j
+                if best_d is None:
+                    best_d, best_i = d, ix
+                else:
+                    # strict comparison keeps the earlier (lower) index on ties
+                    better = d > best_d if largest else d < best_d
+                    best_d = torch.where(better, d, best_d)
+                    best_i = torch.where(better, ix, best_i)
+            else:
+                kk = min(k, dist.shape[1])
+                d, ix = dist.topk(kk, dim=1, largest=largest, sorted=False)
+                ix += j
+                if best_d is not None:
+                    d, ix = torch.cat([best_d, d], 1), torch.cat([best_i, ix], 1)
+                    if d.shape[1] > k:
+                        d, sel = d.topk(k, dim=1, largest=largest, sorted=False)
+                        ix = ix.gather(1, sel)
+                best_d, best_i = d, ix
+        if k > 1:
+            best_d, order = best_d.sort(dim=1, descending=largest)
+            best_i = best_i.gather(1, order)
+        out_d[i : i + rows] = best_d
+        out_i[i : i + rows] = best_i
+    if metric == "l2":
+        out_d.add_((x * x).sum(-1, keepdim=True)).clamp_(min=0)
+    return out_d, out_i
+
