@@ -11,7 +11,6 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
