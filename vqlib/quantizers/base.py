@@ -33,6 +33,8 @@ GRADIENTS = ("ste", "rotation")
 
 # The implicit codebook of a grid quantizer is materialised only below this size.
 _MAX_CODEBOOK_BYTES = 1 << 30
+# Dense usage counts are kept only up to this many codes (128 MiB of float64).
+_MAX_COUNTED_CODES = 1 << 24
 
 
 class QuantizerOutput(NamedTuple):
@@ -98,6 +100,13 @@ class _RotationTrick(torch.autograd.Function):
         g = grad.to(z.dtype)
         rt_g = g - 2 * w * (w * g).sum(-1, keepdim=True) + 2 * z_hat * (q_hat * g).sum(-1, keepdim=True)
         return (q_norm / z_norm) * rt_g, None
+
+
+def _like_weights(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Match a projection's dtype outside autocast (inside it, autocast picks the dtype)."""
+    if isinstance(layer, nn.Linear) and not torch.is_autocast_enabled(x.device.type):
+        return x.to(layer.weight.dtype)
+    return x
 
 
 def distributed_world() -> int:
@@ -178,7 +187,8 @@ class Quantizer(nn.Module):
         inner = codebook_dim * num_codebooks
         self.project_in = nn.Linear(dim, inner) if inner != dim else nn.Identity()
         self.project_out = nn.Linear(inner, dim) if inner != dim else nn.Identity()
-        self.register_buffer("usage_counts", torch.zeros(num_codebooks, codebook_size, dtype=torch.float64), persistent=False)
+        counted = codebook_size if codebook_size * num_codebooks <= _MAX_COUNTED_CODES else 0
+        self.register_buffer("usage_counts", torch.zeros(num_codebooks, counted, dtype=torch.float64), persistent=False)
 
     # ---- the contract ---------------------------------------------------
 
@@ -253,6 +263,11 @@ class Quantizer(nn.Module):
         self.usage_counts.zero_()
 
     def usage(self) -> Usage:
+        if self.usage_counts.shape[1] == 0:
+            raise ValueError(
+                f"usage is not tracked for {self.num_codebooks} x {self.codebook_size} codes "
+                f"(more than {_MAX_COUNTED_CODES}); count encode() indices yourself"
+            )
         counts = self.usage_counts
         total = counts.sum(-1)
         used = (counts > 0).double().mean(-1)
@@ -297,10 +312,11 @@ class Quantizer(nn.Module):
         if self.check_finite and not bool(torch.isfinite(x).all()):
             raise ValueError("input contains NaN or inf (pass check_finite=False to skip this check)")
         lead = x.shape[:-1]
-        return lead, self.project_in(x)
+        return lead, self.project_in(_like_weights(x, self.project_in))
 
     def _finish(self, codes: torch.Tensor, lead, dtype) -> torch.Tensor:
-        out = self.project_out(codes.reshape(*lead, self.codebook_dim * self.num_codebooks))
+        codes = codes.reshape(*lead, self.codebook_dim * self.num_codebooks)
+        out = self.project_out(_like_weights(codes, self.project_out))
         if self.channel_first:
             out = out.movedim(-1, 1)
         return out.to(dtype)
@@ -312,7 +328,9 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def _count(self, indices: torch.Tensor) -> None:
-        k = self.codebook_size
+        k = self.usage_counts.shape[1]
+        if k == 0:
+            return
         offsets = torch.arange(self.num_codebooks, device=indices.device) * k
         counts = torch.bincount((indices + offsets).flatten(), minlength=k * self.num_codebooks)
         counts = all_reduce_sum(counts.view(self.num_codebooks, k).to(self.usage_counts.dtype))
