@@ -23,19 +23,25 @@ def _worker(rank: int, world: int, port: int, results):
     try:
         torch.manual_seed(0)  # same initial weights, as DDP guarantees
         quantizers = {
-            "ema-kmeans-dead": VectorQuantizer(8, 64, init="kmeans", kmeans_batches=3, dead_code_threshold=0.3),
-            "grad-cosine-dead": VectorQuantizer(8, 64, metric="cosine", codebook_update="gradient", dead_code_threshold=0.3),
+            "ema-kmeans-dead": VectorQuantizer(8, 64, init="kmeans", kmeans_batches=3, dead_code_threshold=0.3, decay=0.5),
+            "grad-cosine-dead": VectorQuantizer(
+                8, 64, metric="cosine", codebook_update="gradient", dead_code_threshold=0.3, decay=0.5
+            ),
             "simvq": SimVQ(8, 64),
             "fsq": FSQ([5, 5, 3], dim=8),
         }
         torch.manual_seed(100 + rank)  # different data and different local randomness per rank
         for name, q in quantizers.items():
+            restarted = 0
             for step in range(8):
+                if isinstance(q, VectorQuantizer) and bool(q.initted):
+                    restarted += int((q.cluster_size < q.dead_code_threshold).sum())
                 # rank 1 sees shifted data, so per-rank statistics differ
                 x = torch.randn(40 + 10 * rank, 8) + 3.0 * rank
                 q(x)
             state = {k: v.clone() for k, v in q.state_dict().items()}
             state["usage_counts"] = q.usage_counts.clone()
+            state["restarted"] = torch.tensor(restarted)
             results[(name, rank)] = state
     finally:
         dist.destroy_process_group()
@@ -62,3 +68,5 @@ def test_two_ranks_hold_identical_codebooks_and_counts():
             assert torch.equal(a[key], b[key]), f"{name}: {key} differs between ranks"
         # both ranks' batches were counted: 8 steps x (40 + 50) rows
         assert a["usage_counts"].sum() == 8 * 90, name
+        if name != "simvq" and name != "fsq":
+            assert a["restarted"] > 0, f"{name}: no dead code was restarted, the test proves nothing"
