@@ -65,6 +65,17 @@ def test_ties_go_to_lower_index():
     assert idx.item() == 0
 
 
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize("max_memory", [256 << 20, 64 << 10])
+def test_ties_go_to_lower_index_in_large_blocks(metric, max_memory):
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(4096, 4, generator=g)
+    c[1000] = c[3000] = c[77] = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    x = torch.cat([c[3000:3001], c[1000:1001] * 2])
+    _, idx = nearest(x, c, metric=metric, max_memory=max_memory)
+    assert idx[:, 0].tolist() == [77, 77]
+
+
 def test_block_memory_bound():
     for n, num_codes, k, mem in [(65536, 4096, 1, 256 << 20), (8192, 262144, 1, 256 << 20), (1000, 50000, 16, 1 << 20), (10, 10, 10, 16)]:
         rows, codes = nearest_mod._block_sizes(n, num_codes, k, mem)

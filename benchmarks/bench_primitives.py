@@ -1,0 +1,613 @@
+"""Benchmarks of vqlib's codebook primitives against FAISS and vector-quantize-pytorch.
+
+Part 1 -- nearest-code search (``--part nearest``)
+    Random Gaussian queries ``x`` (N x d) and codebook (K x d), fixed seed, for
+    each (N, d, K) in NEAREST_SIZES. Times (min over repeats) and peak extra
+    memory of
+      (a) ``vqlib.quantizers.nearest(x, codebook, k=1)``,
+      (b) FAISS ``IndexFlatL2``: ``add`` is timed separately, the reported
+          time is ``search(x, 1)`` only,
+      (c) the anchor, ``vector_quantize_pytorch.VectorQuantize(dim=d,
+          codebook_size=K)`` forward in training mode (it materialises the
+          full N x K distance matrix and a one-hot; skipped when its estimated
+          memory exceeds ``--anchor-mem-limit``).
+    Every measurement runs in a fresh 'spawn' subprocess. Memory is the peak
+    resident set size during the first (cold) call minus the RSS just before
+    it (``VmHWM`` after resetting it through ``/proc/self/clear_refs``, minus
+    ``VmRSS``). It also checks that vqlib's indices equal FAISS's, counting
+    disagreements that are exact-distance near-ties separately.
+
+Part 2 -- codebook learning on SIFT (``--part learning``)
+    ``benchmarks.datasets.sift_descriptors()`` (~39k x 128), standardised as
+    ``(x - per-dimension mean) / global std``. Each quantizer quantizes the
+    128-d vectors directly (no encoder) and is trained for the same number of
+    steps on the same sequence of mini-batches (epoch-wise shuffling) with
+    Adam on ``mse(quantized, x) + aux_loss``. The input has
+    ``requires_grad=True`` so every quantizer's output carries its
+    straight-through / rotation-trick gradient exactly as it would behind an
+    encoder: the codebooks learn only from the methods' own losses (or EMA).
+    Then, in eval mode, the full set is encoded and we report usage (fraction
+    of codes hit at least once), perplexity (exp of the entropy of the code
+    histogram), MSE per element (standardised units) and the training time.
+
+Run ``--demo`` for a reduced run (< ~3 min on 2 cores) and ``--write FILE``
+to put the tables in a markdown file between the bench_primitives markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import gc
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (ROOT, ROOT / "benchmarks"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from vqlib.quantizers import FSQ, FVQ, SimVQ, VectorQuantizer, nearest  # noqa: E402
+
+try:
+    import vector_quantize_pytorch as anchor
+except ImportError:  # optional: rows are marked "anchor not installed"
+    anchor = None
+try:
+    import faiss
+except ImportError:
+    faiss = None
+
+NEAREST_SIZES = [(65536, 64, 4096), (16384, 8, 65536), (8192, 8, 262144)]
+LEARNING_KS = [4096, 16384, 65536]
+DEFAULT_STEPS = 300
+DEMO_STEPS = 60
+DEFAULT_BATCH = 1024
+EVAL_CHUNK = 2048
+MARK_BEGIN = "<!-- bench_primitives:begin -->"
+MARK_END = "<!-- bench_primitives:end -->"
+GIB = 1 << 30
+
+# FSQ paper (arXiv 2309.15505, Table 1) recommended levels for |C| = 2^12, 2^14, 2^16.
+FSQ_LEVELS = {4096: [7, 5, 5, 5, 5], 16384: [8, 8, 8, 6, 5], 65536: [8, 8, 8, 5, 5, 5]}
+# iFSQ needs odd levels; 2^k + 1 levels per channel, grid as close to K as these allow.
+IFSQ_LEVELS = {4096: [17, 17, 17], 16384: [9, 9, 9, 5, 5], 65536: [17, 17, 17, 17]}
+
+
+# ===========================================================================
+# Memory measurement
+# ===========================================================================
+
+
+def _status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False when not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakRSS:
+    """Peak RSS increase (MiB) over a ``with`` block: VmHWM at exit minus VmRSS at entry.
+
+    If VmHWM cannot be reset, the result is an upper bound (an earlier peak of
+    the process may be counted) and ``exact`` is False.
+    """
+
+    def __enter__(self):
+        self.exact = _reset_peak_rss()
+        self.rss_before = _status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        peak = _status_kib("VmHWM")
+        if peak is None or self.rss_before is None:
+            self.mib = float("nan")
+        else:
+            self.mib = max(0, peak - self.rss_before) / 1024
+        return False
+
+
+# ===========================================================================
+# Part 1: nearest-code search
+# ===========================================================================
+
+
+def gaussian_problem(n: int, d: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+
+
+def _nearest_child(impl: str, n: int, d: int, k: int, seed: int, repeats: int, budget_s: float) -> dict:
+    """Runs in a fresh process: set up one implementation, measure memory (cold call) and time."""
+    x, codebook = gaussian_problem(n, d, k, seed)
+    extra = {}
+    if impl == "vqlib":
+        fn = lambda: nearest(x, codebook, k=1)  # noqa: E731
+    elif impl == "faiss":
+        xn, cn = x.numpy(), codebook.numpy()
+        index = faiss.IndexFlatL2(d)
+        t0 = time.perf_counter()
+        index.add(cn)
+        extra["add_s"] = time.perf_counter() - t0
+        fn = lambda: index.search(xn, 1)  # noqa: E731
+    elif impl == "anchor":
+        vq = anchor.VectorQuantize(dim=d, codebook_size=k).train()
+        xin = x[None]
+        fn = lambda: vq(xin)  # noqa: E731
+    else:
+        raise ValueError(impl)
+    gc.collect()
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        times = [time.perf_counter() - t0]
+    del out
+    while len(times) < repeats and sum(times) < budget_s:
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        del out
+    return dict(times=times, peak_mib=mem.mib, mem_exact=mem.exact, threads=torch.get_num_threads(), **extra)
+
+
+def run_isolated(fn: Callable, *args) -> dict:
+    """Call ``fn(*args)`` in a fresh spawned process; a crash (e.g. OOM kill) returns {'error': ...}."""
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            return pool.submit(fn, *args).result()
+    except Exception as e:  # BrokenProcessPool when the child is killed
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def index_agreement(n: int, d: int, k: int, seed: int) -> dict:
+    """Fraction of rows where vqlib and FAISS pick the same code; near-ties (float64) counted apart."""
+    x, codebook = gaussian_problem(n, d, k, seed)
+    _, ours = nearest(x, codebook, k=1)
+    ours = ours[:, 0]
+    index = faiss.IndexFlatL2(d)
+    index.add(codebook.numpy())
+    theirs = torch.from_numpy(index.search(x.numpy(), 1)[1][:, 0]).long()
+    differ = (ours != theirs).nonzero()[:, 0]
+    xd = x[differ].double()
+    d_ours = (xd - codebook[ours[differ]].double()).pow(2).sum(-1)
+    d_theirs = (xd - codebook[theirs[differ]].double()).pow(2).sum(-1)
+    # fp32 expanded-norm distances carry an error of ~1e-7 * (|x|^2 + |c|^2); call a gap below 1e-5 relative a tie
+    scale = xd.pow(2).sum(-1) + codebook[ours[differ]].double().pow(2).sum(-1)
+    ties = ((d_ours - d_theirs).abs() <= 1e-5 * scale).sum().item()
+    ours_better = (d_ours < d_theirs).sum().item()
+    return dict(
+        agree=1 - len(differ) / n,
+        differ=len(differ),
+        near_ties=ties,
+        real_mismatch=len(differ) - ties,
+        vqlib_closer=ours_better,
+    )
+
+
+def run_nearest(sizes, repeats: int, budget_s: float, mem_limit_gib: float, seed: int = 0) -> list[dict]:
+    rows = []
+    anchor_bytes_per_cell = 4 * 4.0  # until measured: about four N x K fp32 matrices
+    for n, d, k in sizes:
+        print(f"[nearest] N={n} d={d} K={k}", flush=True)
+        row = dict(n=n, d=d, k=k)
+        row["vqlib"] = run_isolated(_nearest_child, "vqlib", n, d, k, seed, repeats, budget_s)
+        row["faiss"] = (
+            run_isolated(_nearest_child, "faiss", n, d, k, seed, repeats, budget_s)
+            if faiss
+            else {"error": "faiss not installed"}
+        )
+        need_gib = anchor_bytes_per_cell * n * k / GIB
+        if anchor is None:
+            row["anchor"] = {"error": "anchor not installed"}
+        elif need_gib > mem_limit_gib:
+            row["anchor"] = {"error": f"skipped: needs ~{need_gib:.0f} GiB (estimated)"}
+        else:
+            row["anchor"] = run_isolated(_nearest_child, "anchor", n, d, k, seed, max(1, repeats // 2), budget_s)
+            if "peak_mib" in row["anchor"]:
+                anchor_bytes_per_cell = row["anchor"]["peak_mib"] * 2**20 / (n * k)
+        row["agreement"] = index_agreement(n, d, k, seed) if faiss else None
+        rows.append(row)
+        for impl in ("vqlib", "faiss", "anchor"):
+            r = row[impl]
+            print(f"    {impl:7s} " + (r["error"] if "error" in r else f"{min(r['times']):.3f} s, {r['peak_mib']:.0f} MiB"), flush=True)
+    return rows
+
+
+def nearest_table(rows: list[dict]) -> str:
+    def t(r):
+        return f"{min(r['times']):.3f}" if "times" in r else r["error"]
+
+    def m(r):
+        return f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
+
+    def ratio(a, b):
+        return f"{min(a['times']) / min(b['times']):.2f}x" if "times" in a and "times" in b else "-"
+
+    headers = ["N", "d", "K", "vqlib s", "faiss search s", "anchor s", "faiss/vqlib", "anchor/vqlib",
+               "vqlib MiB", "faiss MiB", "anchor MiB", "faiss add s", "same index as faiss"]
+    body = []
+    for row in rows:
+        v, f, a, ag = row["vqlib"], row["faiss"], row["anchor"], row["agreement"]
+        agree = "-"
+        if ag:
+            agree = f"{ag['agree']:.6f} ({ag['differ']} differ: {ag['near_ties']} near-ties, {ag['real_mismatch']} real)"
+        body.append([row["n"], row["d"], row["k"], t(v), t(f), t(a), ratio(f, v), ratio(a, v),
+                     m(v), m(f), m(a), f"{f['add_s']:.3f}" if "add_s" in f else "-", agree])
+    exact = all(r.get("mem_exact", True) for row in rows for r in (row["vqlib"], row["faiss"], row["anchor"]))
+    notes = [
+        "Time: min over repeats (first call included) in a fresh process; faiss column is `search` only.",
+        "MiB: peak RSS increase during the first call in a fresh spawned process "
+        + ("(VmHWM reset via /proc/self/clear_refs, minus VmRSS before the call)." if exact
+           else "(VmHWM could not be reset: values are upper bounds)."),
+        "Anchor = `VectorQuantize(dim=d, codebook_size=K)` forward in training mode (EMA update included); "
+        "skip estimate = measured MiB per N*K cell at the first size.",
+        "Agreement: rows where vqlib's index equals faiss's; a difference whose float64 distances are within "
+        "1e-5 x (|x|^2+|c|^2) is a near-tie.",
+    ]
+    return md_table(headers, body) + "\n\n" + "\n".join(f"- {s}" for s in notes)
+
+
+# ===========================================================================
+# Part 2: codebook learning on SIFT
+# ===========================================================================
+
+
+def standardised_sift() -> torch.Tensor:
+    from datasets import sift_descriptors
+
+    x = torch.from_numpy(sift_descriptors())
+    x = x - x.mean(0)
+    return x / x.std()
+
+
+def pick_levels(k: int, odd: bool) -> list[int]:
+    """Levels for a grid of about k codes (tables above, else a simple greedy rule)."""
+    table = IFSQ_LEVELS if odd else FSQ_LEVELS
+    if k in table:
+        return list(table[k])
+    big, choices = (17, [3, 5, 9, 17]) if odd else (8, [3, 4, 5, 6, 7, 8])
+    levels = []
+    while math.prod(levels) * big <= k:
+        levels.append(big)
+    rest = k / math.prod(levels)
+    if rest > 1.2:
+        levels.append(min(choices, key=lambda c: abs(math.log(c / rest))))
+    return levels
+
+
+def _vqlib_forward(q, x):
+    out = q(x)
+    return out.quantized, out.indices, out.loss
+
+
+def _anchor_forward(q, x):
+    out = q(x[None])
+    loss = out[2] if len(out) > 2 else x.new_zeros(())
+    return out[0][0], out[1][0], loss
+
+
+@dataclass
+class Method:
+    name: str
+    build: Callable[[], torch.nn.Module] | None  # None: unavailable (see skip)
+    size: int  # number of codes (grid size for FSQ)
+    forward: Callable = _vqlib_forward
+    grid: bool = False
+    note: str = ""
+    skip: str = ""
+
+
+def learning_methods(k: int, batch: int, kmeans_batches: int) -> list[Method]:
+    """The quantizers of part 2 at codebook size ``k``.
+
+    The k-means variant clusters the first ``kmeans_batches`` batches (one
+    epoch) and restarts codes whose EMA hits per batch fall under a quarter of
+    the uniform rate ``batch / k`` (for batch >> K this is the common
+    threshold of ~2 hits per batch at K = batch / 8).
+    """
+    dead = 0.25 * batch / k
+    fsq, ifsq = pick_levels(k, odd=False), pick_levels(k, odd=True)
+    side = math.isqrt(k)
+    methods = [
+        Method("vqlib VQ (EMA, random init)", lambda: VectorQuantizer(128, k), k, note="EMA, no params"),
+        Method(
+            "vqlib VQ (EMA, k-means init, dead-code restart)",
+            lambda: VectorQuantizer(128, k, init="kmeans", kmeans_batches=kmeans_batches, dead_code_threshold=dead),
+            k,
+            note=f"k-means over the first {kmeans_batches} batches; dead_code_threshold={dead:.4g}",
+        ),
+        Method("vqlib SimVQ", lambda: SimVQ(128, k), k),
+        Method("vqlib FVQ", lambda: FVQ(128, k), k,
+               skip="" if side * side == k else "skipped: K not a perfect square"),
+        Method(f"vqlib FSQ {fsq}", lambda: FSQ(fsq, dim=128), math.prod(fsq), grid=True),
+        Method(f"vqlib iFSQ {ifsq}", lambda: FSQ(ifsq, dim=128, bound="ifsq"), math.prod(ifsq), grid=True),
+    ]
+    if anchor is None:
+        skip = "anchor not installed"
+        build_vq = build_sim = build_fsq = None
+    else:
+        skip = ""
+        build_vq = lambda: anchor.VectorQuantize(dim=128, codebook_size=k)  # noqa: E731
+        build_sim = lambda: anchor.SimVQ(dim=128, codebook_size=k)  # noqa: E731
+        build_fsq = lambda: anchor.FSQ(fsq, dim=128)  # noqa: E731
+    methods += [
+        Method("anchor VectorQuantize", build_vq, k, _anchor_forward, note="EMA decay 0.8, no params", skip=skip),
+        Method("anchor SimVQ", build_sim, k, _anchor_forward, skip=skip),
+        Method(f"anchor FSQ {fsq}", build_fsq, math.prod(fsq), _anchor_forward, grid=True, skip=skip),
+    ]
+    return methods
+
+
+def batch_stream(n: int, batch: int, seed: int):
+    """Endless epoch-wise shuffled index batches, identical for every method."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for i in range(0, n - batch + 1, batch):
+            yield perm[i : i + batch]
+
+
+@dataclass
+class TrainResult:
+    seconds: float = 0.0
+    steps_done: int = 0
+    trace: list = field(default_factory=list)  # (step, loss, distinct codes in the batch)
+    error: str = ""
+
+
+def train(method: Method, q, x: torch.Tensor, steps: int, batch: int, lr: float, seed: int) -> TrainResult:
+    params = [p for p in q.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr) if params else None
+    q.train()
+    res = TrainResult()
+    marks = {0, steps // 10, steps // 2, steps - 1}
+    batches = batch_stream(len(x), batch, seed)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        xb = x[next(batches)].requires_grad_(True)
+        quantized, indices, aux = method.forward(q, xb)
+        loss = F.mse_loss(quantized, xb) + aux
+        if not torch.isfinite(loss):
+            res.error = f"non-finite loss at step {step}"
+            break
+        if opt is not None:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if step in marks:
+            res.trace.append((step, loss.item(), indices.unique().numel()))
+        res.steps_done = step + 1
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+@torch.no_grad()
+def evaluate(method: Method, q, x: torch.Tensor) -> dict:
+    """Encode the full set in eval mode: usage, perplexity, MSE per element."""
+    q.eval()
+    vqlib_usage = hasattr(q, "reset_usage")
+    if vqlib_usage:
+        q.reset_usage()
+    counts = torch.zeros(method.size, dtype=torch.float64)
+    sq_err = 0.0
+    t0 = time.perf_counter()
+    for i in range(0, len(x), EVAL_CHUNK):
+        xc = x[i : i + EVAL_CHUNK]
+        quantized, indices, _ = method.forward(q, xc)
+        counts += torch.bincount(indices.reshape(-1), minlength=method.size).double()
+        sq_err += (quantized.double() - xc.double()).pow(2).sum().item()
+    p = counts / counts.sum()
+    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    res = dict(
+        used=(counts > 0).double().mean().item(),
+        perplexity=math.exp(entropy),
+        mse=sq_err / x.numel(),
+        eval_s=time.perf_counter() - t0,
+    )
+    if vqlib_usage:  # cross-check the library's own usage accounting
+        u = q.usage()
+        if abs(u.used - res["used"]) > 1e-9 or abs(u.perplexity - res["perplexity"]) > 1e-6 * res["perplexity"]:
+            res["usage_mismatch"] = f"q.usage() says used={u.used:.6f}, perplexity={u.perplexity:.2f}"
+    return res
+
+
+def run_learning(ks, steps: int, batch: int, lr: float, seed: int, only: list[str] | None = None) -> list[dict]:
+    x = standardised_sift()
+    n = len(x)
+    kmeans_batches = max(1, n // batch)  # one epoch
+    rows = []
+    for k in ks:
+        for method in learning_methods(k, batch, kmeans_batches):
+            if only and not any(s.lower() in method.name.lower() for s in only):
+                continue
+            row = dict(k=k, n=n, method=method)
+            if method.skip or method.build is None:
+                row["error"] = method.skip or "unavailable"
+                rows.append(row)
+                continue
+            print(f"[learning] K={k} {method.name}: {steps} steps ...", flush=True)
+            torch.manual_seed(seed)
+            try:
+                q = method.build()
+                row["train"] = train(method, q, x, steps, batch, lr, seed)
+                row.update(evaluate(method, q, x))
+            except Exception as e:  # report and continue with the next method
+                row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+            print("    " + learning_line(row), flush=True)
+    return rows
+
+
+def learning_line(row: dict) -> str:
+    if "used" not in row:
+        return row.get("error", "")
+    tr = row["train"]
+    return (f"train {tr.seconds:.1f} s, usage {row['used']:.4f}, perplexity {row['perplexity']:.0f}, "
+            f"mse {row['mse']:.4f}" + (f" [{tr.error}]" if tr.error else ""))
+
+
+def learning_table(rows: list[dict], steps: int, batch: int, lr: float) -> str:
+    headers = ["K", "method", "codes", "usage", "1-exp(-N/codes)", "perplexity", "MSE", "train s", "eval s",
+               "loss first -> last", "codes in batch first -> last", "notes"]
+    body = []
+    for row in rows:
+        m = row["method"]
+        bound = f"{1 - math.exp(-row['n'] / m.size):.4f}" if m.grid else ""
+        if "used" not in row:
+            body.append([row["k"], m.name, m.size, row.get("error", ""), bound] + [""] * 7)
+            continue
+        tr = row["train"]
+        first, last = tr.trace[0], tr.trace[-1]
+        notes = "; ".join(s for s in (m.note, tr.error, row.get("usage_mismatch", "")) if s)
+        body.append([row["k"], m.name, m.size, f"{row['used']:.4f}", bound, f"{row['perplexity']:.0f}",
+                     f"{row['mse']:.4f}", f"{tr.seconds:.1f}", f"{row['eval_s']:.1f}",
+                     f"{first[1]:.3f} -> {last[1]:.3f}", f"{first[2]} -> {last[2]}", notes])
+    n = rows[0]["n"] if rows else 0
+    notes = [
+        f"Data: {n} SIFT descriptors (benchmarks/datasets.py), standardised as (x - per-dimension mean) / "
+        "global std of the centred data; MSE is per element in these units (the data's variance is 1).",
+        f"Training: {steps} steps of batch {batch} (same batches for every method), Adam lr {lr:g} on "
+        "mse(quantized, x) + the method's own loss; input requires grad, so outputs carry the straight-through "
+        "/ rotation gradient as behind an encoder. EMA quantizers have no parameters (no optimizer).",
+        "Usage = fraction of codes hit when encoding the full set in eval mode; perplexity = exp(entropy) "
+        "of that histogram. With N vectors at most min(1, N/codes) of the codes can be used "
+        f"(N/K = {n / 65536:.2f} at K=65536). 1-exp(-N/codes) is the expected usage of uniform random "
+        "assignment (grid quantizers only).",
+        "vqlib defaults: VectorQuantizer decay 0.99, beta 0.25; SimVQ/FVQ beta 0.25; "
+        "anchor defaults: VectorQuantize decay 0.8, commitment 1, rotation trick; SimVQ rotation trick.",
+        "'codes in batch' = distinct codes in the training batch at the first and the last step.",
+    ]
+    return md_table(headers, body) + "\n\n" + "\n".join(f"- {s}" for s in notes)
+
+
+# ===========================================================================
+# Reporting
+# ===========================================================================
+
+
+def md_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_info() -> str:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = [f"torch {torch.__version__} ({torch.get_num_threads()} threads)"]
+    versions.append(f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)" if faiss else "faiss not installed")
+    if anchor is not None:
+        from importlib.metadata import version
+
+        versions.append(f"vector-quantize-pytorch {version('vector-quantize-pytorch')}")
+    else:
+        versions.append("anchor not installed")
+    mem = _status_kib_meminfo()
+    return (f"{cpu}, {os.cpu_count()} cores" + (f", {mem:.0f} GiB RAM" if mem else "")
+            + f"; Python {platform.python_version()}; " + ", ".join(versions)
+            + f"; {datetime.datetime.now().isoformat(timespec='minutes')}")
+
+
+def _status_kib_meminfo() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace the text between the markers in ``path`` (appending the section, or creating the file)."""
+    block = f"{MARK_BEGIN}\n{text.rstrip()}\n{MARK_END}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_BEGIN in old and MARK_END in old:
+        head, rest = old.split(MARK_BEGIN, 1)
+        new = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+# ===========================================================================
+# CLI
+# ===========================================================================
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=["nearest", "learning", "all"], default="all")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per quantizer (default {DEFAULT_STEPS})")
+    p.add_argument("--ks", type=int, nargs="+", default=None, help=f"codebook sizes for part 2 (default {LEARNING_KS})")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--methods", nargs="+", default=None, help="only methods whose name contains one of these")
+    p.add_argument("--repeats", type=int, default=5, help="timing repeats in part 1 (fewer for slow calls)")
+    p.add_argument("--anchor-mem-limit", type=float, default=12.0, help="GiB; part 1 skips the anchor above it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--demo", action="store_true", help="reduced run: first nearest size, learning at K=4096")
+    p.add_argument("--write", type=Path, default=None, help="markdown file whose bench_primitives section is replaced")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    steps = args.steps or (DEMO_STEPS if args.demo else DEFAULT_STEPS)
+    ks = args.ks or ([4096] if args.demo else LEARNING_KS)
+    sizes = NEAREST_SIZES[:1] if args.demo else NEAREST_SIZES
+    repeats = 2 if args.demo else args.repeats
+    command = "python benchmarks/bench_primitives.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    t_start = time.perf_counter()
+    sections = [f"## Primitive benchmarks\n\nCommand: `{command}`\n\nMachine: {machine_info()}"]
+
+    if args.part in ("nearest", "all"):
+        rows = run_nearest(sizes, repeats, budget_s=20.0, mem_limit_gib=args.anchor_mem_limit, seed=args.seed)
+        sections.append("### Nearest-code search (k=1, random Gaussian data)\n\n" + nearest_table(rows))
+        print("\n" + sections[-1] + "\n", flush=True)
+    if args.part in ("learning", "all"):
+        t0 = time.perf_counter()
+        rows = run_learning(ks, steps, args.batch, args.lr, args.seed, args.methods)
+        part_s = time.perf_counter() - t0
+        sections.append(f"### Codebook learning on SIFT (part time {part_s / 60:.1f} min)\n\n"
+                        + learning_table(rows, steps, args.batch, args.lr))
+        print("\n" + sections[-1] + "\n", flush=True)
+
+    sections.append(f"Total wall time: {(time.perf_counter() - t_start) / 60:.1f} min.")
+    print(sections[-1])
+    if args.write:
+        write_section(args.write, "\n\n".join(sections))
+        print(f"wrote {args.write}")
+
+
+if __name__ == "__main__":
+    main()
