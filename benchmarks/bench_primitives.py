@@ -250,7 +250,7 @@ def nearest_table(rows: list[dict]) -> str:
     def ratio(a, b):
         return f"{min(a['times']) / min(b['times']):.2f}x" if "times" in a and "times" in b else "-"
 
-    headers = ["N", "d", "K", "vqlib s", "faiss search s", "anchor s", "faiss/vqlib", "anchor/vqlib",
+    headers = ["N", "d", "K", "vqlib s", "faiss search s", "anchor s", "faiss s / vqlib s", "anchor s / vqlib s",
                "vqlib MiB", "faiss MiB", "anchor MiB", "faiss add s", "same index as faiss"]
     body = []
     for row in rows:
@@ -262,7 +262,8 @@ def nearest_table(rows: list[dict]) -> str:
                      m(v), m(f), m(a), f"{f['add_s']:.3f}" if "add_s" in f else "-", agree])
     exact = all(r.get("mem_exact", True) for row in rows for r in (row["vqlib"], row["faiss"], row["anchor"]))
     notes = [
-        "Time: min over repeats (first call included) in a fresh process; faiss column is `search` only.",
+        "Time: min over repeats (first call included) in a fresh process; faiss column is `search` only. "
+        "Ratios are time ratios: above 1 means vqlib is faster.",
         "MiB: peak RSS increase during the first call in a fresh spawned process "
         + ("(VmHWM reset via /proc/self/clear_refs, minus VmRSS before the call)." if exact
            else "(VmHWM could not be reset: values are upper bounds)."),
@@ -328,7 +329,7 @@ def learning_methods(k: int, batch: int, kmeans_batches: int) -> list[Method]:
     """The quantizers of part 2 at codebook size ``k``.
 
     The k-means variant clusters the first ``kmeans_batches`` batches (one
-    epoch) and restarts codes whose EMA hits per batch fall under a quarter of
+    epoch, fewer in short runs) and restarts codes whose EMA hits per batch fall under a quarter of
     the uniform rate ``batch / k`` (for batch >> K this is the common
     threshold of ~2 hits per batch at K = batch / 8).
     """
@@ -441,7 +442,7 @@ def evaluate(method: Method, q, x: torch.Tensor) -> dict:
 def run_learning(ks, steps: int, batch: int, lr: float, seed: int, only: list[str] | None = None) -> list[dict]:
     x = standardised_sift()
     n = len(x)
-    kmeans_batches = max(1, n // batch)  # one epoch
+    kmeans_batches = max(1, min(n // batch, steps // 5))  # one epoch, or a fifth of a short run
     rows = []
     for k in ks:
         for method in learning_methods(k, batch, kmeans_batches):

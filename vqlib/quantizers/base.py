@@ -262,13 +262,21 @@ class Quantizer(nn.Module):
     def reset_usage(self) -> None:
         self.usage_counts.zero_()
 
-    def usage(self) -> Usage:
+    def usage(self, sync: bool = True) -> Usage:
+        """Usage over every forward since :meth:`reset_usage`.
+
+        Under ``torch.distributed`` the counts of all ranks are summed, so this
+        is a collective call that every rank must make; ``sync=False`` reports
+        this rank's forwards only.
+        """
         if self.usage_counts.shape[1] == 0:
             raise ValueError(
                 f"usage is not tracked for {self.num_codebooks} x {self.codebook_size} codes "
                 f"(more than {_MAX_COUNTED_CODES}); count encode() indices yourself"
             )
-        counts = self.usage_counts
+        counts = self.usage_counts.clone()
+        if sync:
+            all_reduce_sum(counts)
         total = counts.sum(-1)
         used = (counts > 0).double().mean(-1)
         p = counts / total.clamp_min(1).unsqueeze(-1)
@@ -332,9 +340,9 @@ class Quantizer(nn.Module):
         if k == 0:
             return
         offsets = torch.arange(self.num_codebooks, device=indices.device) * k
+        # counted locally: a collective per forward would hang a forward made on one rank only
         counts = torch.bincount((indices + offsets).flatten(), minlength=k * self.num_codebooks)
-        counts = all_reduce_sum(counts.view(self.num_codebooks, k).to(self.usage_counts.dtype))
-        self.usage_counts += counts
+        self.usage_counts += counts.view(self.num_codebooks, k).to(self.usage_counts.dtype)
 
     def _cached(self, name: str, params, compute):
         """Recompute a derived tensor only when ``params`` changed (eval, no grad)."""
