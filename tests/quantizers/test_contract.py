@@ -187,3 +187,13 @@ def test_bad_inputs(make_quantizer):
     q.check_finite = False
     q.eval()
     q(bad)  # the check can be skipped on hot paths
+
+
+def test_empty_batch(make_quantizer):
+    q = make_quantizer()
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    out = q(torch.randn(0, DIM))
+    assert out.quantized.shape == (0, DIM) and out.indices.shape[0] == 0
+    assert float(out.loss) == 0.0
+    for name, value in q.state_dict().items():
+        assert torch.equal(value, state[name]), f"an empty batch changed {name}"

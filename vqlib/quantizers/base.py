@@ -102,6 +102,11 @@ class _RotationTrick(torch.autograd.Function):
         return (q_norm / z_norm) * rt_g, None
 
 
+def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error that is 0 (not NaN) for an empty batch."""
+    return F.mse_loss(a, b) if a.numel() else (a.sum() + b.sum()) * 0.0
+
+
 def _like_weights(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """Match a projection's dtype outside autocast (inside it, autocast picks the dtype)."""
     if isinstance(layer, nn.Linear) and not torch.is_autocast_enabled(x.device.type):

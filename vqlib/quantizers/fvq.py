@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import Quantizer
+from .base import Quantizer, mse
 from .nearest import nearest
 from .vq import VectorQuantizer
 
@@ -152,7 +152,7 @@ class FVQ(Quantizer):
         codebook = self._effective_codebook()
         idx = nearest(z, codebook.detach())[1][:, 0]
         codes = codebook[idx]
-        loss = F.mse_loss(codes, z.detach()) + self.beta * F.mse_loss(z, codes.detach())
+        loss = mse(codes, z.detach()) + self.beta * mse(z, codes.detach())
         return z, codes, idx, loss
 
     @torch.no_grad()

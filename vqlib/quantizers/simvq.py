@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .base import Quantizer
+from .base import Quantizer, mse
 from .nearest import nearest
 
 __all__ = ["SimVQ"]
@@ -69,5 +68,5 @@ class SimVQ(Quantizer):
         codebook = self._effective_codebook()
         idx = nearest(z, codebook.detach())[1][:, 0]
         codes = codebook[idx]
-        loss = F.mse_loss(codes, z.detach()) + self.beta * F.mse_loss(z, codes.detach())
+        loss = mse(codes, z.detach()) + self.beta * mse(z, codes.detach())
         return z, codes, idx, loss

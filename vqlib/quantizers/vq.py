@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Quantizer, all_gather_rows, all_reduce_sum, broadcast_, distributed_world
+from .base import Quantizer, mse, all_gather_rows, all_reduce_sum, broadcast_, distributed_world
 from .kmeans import kmeans
 from .nearest import nearest
 
@@ -141,24 +141,26 @@ class VectorQuantizer(Quantizer):
     def _quantize(self, z: torch.Tensor):
         if self.metric == "cosine":
             z = F.normalize(z, dim=-1)
+        n_global = 0.0
         if self.training:
-            self._before_step(z.detach())
+            n_global = all_reduce_sum(torch.tensor([float(z.shape[0])], device=z.device)).item()
+            if n_global > 0:  # an empty batch on every rank carries no statistics
+                self._before_step(z.detach(), n_global)
         codebook = self._effective_codebook()
         _, idx = nearest(z, codebook.detach(), metric="l2" if self.metric == "l2" else "ip")
         idx = idx[:, 0]
         codes = codebook[idx].float()
-        loss = self.commitment_weight * F.mse_loss(z, codes.detach())
+        loss = self.commitment_weight * mse(z, codes.detach())
         if self.codebook_update == "gradient":
-            loss = loss + F.mse_loss(codes, z.detach())
-        if self.training and self.codebook_update != "frozen":
+            loss = loss + mse(codes, z.detach())
+        if self.training and self.codebook_update != "frozen" and n_global > 0:
             self._after_step(z.detach(), idx)
         return z, codes, idx, loss
 
     # ---- training-time codebook updates -----------------------------------
 
     @torch.no_grad()
-    def _before_step(self, z: torch.Tensor) -> None:
-        n_global = all_reduce_sum(torch.tensor([float(z.shape[0])], device=z.device)).item()
+    def _before_step(self, z: torch.Tensor, n_global: float) -> None:
         if not bool(self.initted):
             if self.init == "kmeans":
                 self._collect_for_kmeans(z, n_global)
@@ -202,8 +204,8 @@ class VectorQuantizer(Quantizer):
         n_dead = int(dead.sum())
         if n_dead == 0:
             return
-        # every rank offers n_dead random rows; all ranks then pick the same ones
-        local_pick = torch.randint(z.shape[0], (n_dead,), device=z.device)
+        # every rank with data offers n_dead random rows; all ranks then pick the same ones
+        local_pick = torch.randint(max(1, z.shape[0]), (n_dead if z.shape[0] else 0,), device=z.device)
         pool = all_gather_rows(z[local_pick])
         choice = torch.randperm(pool.shape[0], generator=_generator(self.seed, int(self.steps)), device="cpu")[:n_dead]
         fresh = pool[choice.to(pool.device)]
