@@ -194,6 +194,6 @@ def test_empty_batch(make_quantizer):
     state = {k: v.clone() for k, v in q.state_dict().items()}
     out = q(torch.randn(0, DIM))
     assert out.quantized.shape == (0, DIM) and out.indices.shape[0] == 0
-    assert float(out.loss) == 0.0
+    assert float(out.loss.detach()) == 0.0
     for name, value in q.state_dict().items():
         assert torch.equal(value, state[name]), f"an empty batch changed {name}"
