@@ -197,3 +197,25 @@ def test_empty_batch(make_quantizer):
     assert float(out.loss.detach()) == 0.0
     for name, value in q.state_dict().items():
         assert torch.equal(value, state[name]), f"an empty batch changed {name}"
+
+
+def test_config_round_trip_is_json(make_quantizer):
+    import json
+
+    q = warm_up(make_quantizer()).eval()
+    config = json.loads(json.dumps(q.config))
+    rebuilt = Quantizer.from_config(config)
+    assert type(rebuilt) is type(q) and rebuilt.config == q.config
+    rebuilt.load_state_dict(q.state_dict())
+    rebuilt.eval()
+    x = torch.randn(9, DIM)
+    assert torch.equal(rebuilt(x).quantized, q(x).quantized)
+
+
+def test_from_config_errors():
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        Quantizer.from_config({"class_path": "NoSuchQuantizer", "init_args": {}})
+    with pytest.raises(ValueError, match="not a vqlib Quantizer"):
+        Quantizer.from_config({"class_path": "torch.nn.Linear", "init_args": {}})
+    with pytest.raises(ValueError, match="class_path"):
+        Quantizer.from_config("VectorQuantizer")
