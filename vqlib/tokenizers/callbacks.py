@@ -1,0 +1,60 @@
+"""Lightning callbacks: export the (EMA) tokenizer and write a reconstruction grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+
+class ExportTokenizer(pl.Callback):
+    """At the end of ``fit``: ``save_pretrained`` of the EMA tokenizer, ``metrics.json`` and ``recon.png``."""
+
+    def __init__(self, dirpath: str = "runs/export", num_images: int = 8):
+        super().__init__()
+        self.dirpath, self.num_images = dirpath, num_images
+
+    def on_fit_end(self, trainer: pl.Trainer, module) -> None:
+        out = Path(self.dirpath)
+        model = module.eval_model.eval()
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        metrics["step"] = int(module.step)
+        if trainer.is_global_zero:
+            model.save_pretrained(out / "tokenizer")
+            _write_json(out / "metrics.json", metrics)
+            loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
+            if loader is not None:
+                batch = next(iter(loader))[: self.num_images].to(module.device)
+                with torch.no_grad():
+                    recon = model(batch)[0].clamp(-1, 1)
+                save_grid(torch.cat([batch, recon]), out / "recon.png", rows=2)
+
+
+def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
+    """Images in ``[-1, 1]`` as a PNG grid with ``rows`` rows (written atomically)."""
+    from PIL import Image
+
+    n, c, h, w = images.shape
+    cols = (n + rows - 1) // rows
+    grid = torch.ones(c, rows * h + (rows - 1) * 2, cols * w + (cols - 1) * 2)
+    for i, img in enumerate(images):
+        r, col = divmod(i, cols)
+        grid[:, r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = (img.float().cpu() + 1) / 2
+    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,183 @@
+"""``TokenizerModule``: the LightningModule that trains a :class:`VQTokenizer`.
+
+Manual optimisation with two optimisers (generator and PatchGAN
+discriminator). Lightning's ``global_step`` advances once per optimiser step,
+so the discriminator start and any schedule use the module's own ``step``
+buffer, which counts batches. Gradients are clipped by hand with
+``self.clip_gradients``. An EMA copy of the generator is kept and used for
+validation and export, as in LlamaGen.
+
+Generator loss: ``w_rec·rec(x̂, x) + w_q·L_quantizer + w_p·LPIPS(x̂, x) + w_d·(−D(x̂))``,
+with the adversarial term only from ``disc_start`` on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
+from .metrics import psnr, ssim
+from .model import VQTokenizer
+
+RECON_LOSSES = ("l1", "l2")
+
+
+class TokenizerModule(pl.LightningModule):
+    """Train a :class:`VQTokenizer`.
+
+    Args:
+        model: the tokenizer (encoder, quantizer, decoder).
+        lr, betas, weight_decay: AdamW for the generator (and the discriminator).
+        warmup_steps: linear LR warm-up (batches).
+        recon_loss: ``"l1"`` or ``"l2"``.
+        recon_weight, quantizer_weight, perceptual_weight, disc_weight: loss weights.
+        disc_start: batch from which the adversarial terms are on.
+        disc_ch, disc_layers: PatchGAN width and depth.
+        ema_decay: EMA of the generator weights (0 disables).
+        grad_clip: max gradient norm for both optimisers (0 disables).
+    """
+
+    def __init__(
+        self,
+        model: VQTokenizer,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        warmup_steps: int = 0,
+        recon_loss: str = "l2",
+        recon_weight: float = 1.0,
+        quantizer_weight: float = 1.0,
+        perceptual_weight: float = 1.0,
+        disc_weight: float = 0.5,
+        disc_start: int = 20000,
+        disc_ch: int = 64,
+        disc_layers: int = 3,
+        ema_decay: float = 0.999,
+        grad_clip: float = 1.0,
+    ):
+        super().__init__()
+        if recon_loss not in RECON_LOSSES:
+            raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.save_hyperparameters(ignore=["model"])
+        self.automatic_optimization = False
+        self.model = model
+        self.discriminator = PatchDiscriminator(3, disc_ch, disc_layers)
+        self.ema = copy.deepcopy(model).requires_grad_(False) if ema_decay > 0 else None
+        self.perceptual = load_lpips() if perceptual_weight > 0 else None
+        self.register_buffer("step", torch.tensor(0, dtype=torch.long))
+        self._val: dict[str, list[torch.Tensor]] = {}
+
+    # ---- optimisation -------------------------------------------------------
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt_g = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        opt_d = torch.optim.AdamW(self.discriminator.parameters(), lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        return [opt_g, opt_d]
+
+    def _lr_factor(self) -> float:
+        w = self.hparams.warmup_steps
+        return min(1.0, (int(self.step) + 1) / w) if w > 0 else 1.0
+
+    def _reconstruction(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(recon, x) if self.hparams.recon_loss == "l1" else F.mse_loss(recon, x)
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        hp = self.hparams
+        x = batch
+        opt_g, opt_d = self.optimizers()
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = hp.lr * self._lr_factor()
+        adversarial = int(self.step) >= hp.disc_start
+
+        recon, q = self.model(x)
+        rec = self._reconstruction(recon, x)
+        loss_g = hp.recon_weight * rec + hp.quantizer_weight * q.loss
+        if self.perceptual is not None:
+            p_loss = self.perceptual(recon.float().clamp(-1, 1), x.float()).mean()
+            loss_g = loss_g + hp.perceptual_weight * p_loss
+            self.log("train/perceptual", p_loss)
+        # the discriminator enters the generator graph every step (weight 0
+        # before disc_start) so that DDP sees the same parameters used each step
+        self.toggle_optimizer(opt_g)
+        g_adv = hinge_g_loss(self.discriminator(recon))
+        loss_g = loss_g + (hp.disc_weight if adversarial else 0.0) * g_adv
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        if hp.grad_clip > 0:
+            self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        self.toggle_optimizer(opt_d)
+        d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(recon.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss * (1.0 if adversarial else 0.0))
+        if adversarial:
+            if hp.grad_clip > 0:
+                self.clip_gradients(opt_d, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
+            opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        self._update_ema()
+        self.step += 1
+        self.log_dict(
+            {"train/loss": loss_g.detach(), "train/rec": rec.detach(), "train/q_loss": q.loss.detach(), "train/d_loss": d_loss.detach()},
+            prog_bar=True,
+        )
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        # quicker averaging early on, as in timm's ModelEmaV3 warm-up
+        decay = min(self.hparams.ema_decay, (1 + int(self.step)) / (10 + int(self.step)))
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.lerp_(p.detach(), 1 - decay)
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+
+    # ---- validation -------------------------------------------------------
+
+    @property
+    def eval_model(self) -> VQTokenizer:
+        return self.ema if self.ema is not None else self.model
+
+    def on_validation_epoch_start(self) -> None:
+        self.eval_model.quantizer.reset_usage()
+        self._val = {"psnr": [], "ssim": []}
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        recon, _ = self.eval_model(batch)
+        x01, r01 = (batch + 1) / 2, (recon.clamp(-1, 1) + 1) / 2
+        self._val["psnr"].append(psnr(r01, x01))
+        self._val["ssim"].append(ssim(r01, x01))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.validation_metrics()
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)
+
+    def validation_metrics(self) -> dict[str, float]:
+        """PSNR/SSIM over the whole validation set (all ranks), usage since the epoch start."""
+        def gather_mean(values: list[torch.Tensor]) -> float:
+            t = torch.cat(values) if values else torch.zeros(0, device=self.device)
+            if self.trainer is not None and self.trainer.world_size > 1:
+                t = self.all_gather(t).flatten()
+            return float(t.mean()) if t.numel() else math.nan
+
+        usage = self.eval_model.quantizer.usage()
+        return {
+            "psnr": gather_mean(self._val.get("psnr", [])),
+            "ssim": gather_mean(self._val.get("ssim", [])),
+            "usage": usage.used,
+            "perplexity": usage.perplexity,
+            "bpp": self.eval_model.bits_per_pixel(),
+        }
