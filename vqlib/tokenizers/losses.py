@@ -16,7 +16,11 @@ import torch.nn.functional as F
 
 
 class PatchDiscriminator(nn.Module):
-    """PatchGAN: strided 4×4 convolutions, a logit per overlapping patch."""
+    """PatchGAN: strided 4×4 convolutions, a logit per overlapping patch.
+
+    BatchNorm always uses batch statistics: the discriminator only ever runs
+    on training batches, and running averages would differ between DDP ranks.
+    """
 
     def __init__(self, in_channels: int = 3, ch: int = 64, n_layers: int = 3):
         super().__init__()
@@ -25,7 +29,7 @@ class PatchDiscriminator(nn.Module):
         for i in range(1, n_layers + 1):
             out = ch * min(2**i, 8)
             stride = 2 if i < n_layers else 1
-            layers += [nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, out, 4, stride=stride, padding=1, bias=False), nn.BatchNorm2d(out, track_running_stats=False), nn.LeakyReLU(0.2, True)]
             width = out
         layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))
         self.net = nn.Sequential(*layers)

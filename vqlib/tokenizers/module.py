@@ -74,6 +74,16 @@ class TokenizerModule(pl.LightningModule):
         self.register_buffer("step", torch.tensor(0, dtype=torch.long))
         self._val: dict[str, list[torch.Tensor]] = {}
 
+    def setup(self, stage: str) -> None:
+        # The generator and discriminator backward passes each leave the other
+        # network without gradients, which plain DDP rejects. Ask Lightning's DDP
+        # strategy to detect unused parameters (this runs before it wraps the
+        # module), so `strategy="ddp"` works as it is.
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        kwargs = getattr(strategy, "_ddp_kwargs", None)
+        if isinstance(kwargs, dict):
+            kwargs.setdefault("find_unused_parameters", True)
+
     # ---- optimisation -------------------------------------------------------
 
     def configure_optimizers(self):
@@ -105,8 +115,6 @@ class TokenizerModule(pl.LightningModule):
             p_loss = self.perceptual(recon.float().clamp(-1, 1), x.float()).mean()
             loss_g = loss_g + hp.perceptual_weight * p_loss
             self.log("train/perceptual", p_loss)
-        # the discriminator enters the generator graph every step (weight 0
-        # before disc_start) so that DDP sees the same parameters used each step
         self.toggle_optimizer(opt_g)
         g_adv = hinge_g_loss(self.discriminator(recon))
         loss_g = loss_g + (hp.disc_weight if adversarial else 0.0) * g_adv
