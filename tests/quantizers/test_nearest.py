@@ -87,14 +87,17 @@ def test_block_memory_bound():
 def test_distance_blocks_respect_max_memory(monkeypatch):
     """Every distance block the search allocates fits the bound (never N x K)."""
     sizes = []
-    real = torch.addmm
 
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        sizes.append(out.numel() * out.element_size())
-        return out
+    def spy(real):
+        def wrapped(*args, **kwargs):
+            out = real(*args, **kwargs)
+            sizes.append(out.numel() * out.element_size())
+            return out
 
-    monkeypatch.setattr(nearest_mod.torch, "addmm", spy)
+        return wrapped
+
+    monkeypatch.setattr(nearest_mod.torch, "addmm", spy(torch.addmm))
+    monkeypatch.setattr(nearest_mod.torch, "mm", spy(torch.mm))
     x, c = torch.randn(3000, 8), torch.randn(20000, 8)
     nearest(x, c, k=4, max_memory=1 << 20)
     assert sizes and max(sizes) <= 1 << 20
