@@ -5,19 +5,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo demo-primitives test test-slow bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e '.[bench,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,bench,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# the main job: train the default tokenizer on the embedded images (runs/demo/)
 demo: $(STAMP)
+	rm -rf runs/demo
+	$(VENV)/bin/vqlib fit --config configs/tokenizer/demo.yaml
+
+demo-primitives: $(STAMP)
 	$(PY) benchmarks/bench_primitives.py --demo
 
 test: $(STAMP)

@@ -17,7 +17,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("encode", "decode"):
         return _tokens_command(argv)
+    import torch
     from lightning.pytorch.cli import LightningCLI
+
+    # denormal floats from tiny EMA/Adam statistics slow CPU training several-fold
+    torch.set_flush_denormal(True)
 
     from .tokenizers.module import TokenizerModule
 

@@ -32,6 +32,23 @@ class ExportTokenizer(pl.Callback):
                 with torch.no_grad():
                     recon = model(batch)[0].clamp(-1, 1)
                 save_grid(torch.cat([batch, recon]), out / "recon.png", rows=2)
+            print(summary_table(metrics, model, out))
+
+
+def summary_table(metrics: dict, model, out: Path) -> str:
+    q = model.quantizer
+    rows = [
+        ("quantizer", f"{type(q).__name__} (K={q.codebook_size}, {q.bits_per_index:.2f} bits/token)"),
+        ("steps", str(metrics.get("step"))),
+        ("PSNR (dB)", f"{metrics.get('val/psnr', float('nan')):.2f}"),
+        ("SSIM", f"{metrics.get('val/ssim', float('nan')):.4f}"),
+        ("codebook usage", f"{metrics.get('val/usage', float('nan')):.4f}"),
+        ("perplexity", f"{metrics.get('val/perplexity', float('nan')):.1f}"),
+        ("bits per pixel", f"{metrics.get('val/bpp', float('nan')):.4f}"),
+        ("exported to", str(out / "tokenizer")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(["", "validation (held-out images)", *[f"  {k.ljust(width)}  {v}" for k, v in rows], ""])
 
 
 def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:

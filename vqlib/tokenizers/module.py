@@ -115,25 +115,25 @@ class TokenizerModule(pl.LightningModule):
             p_loss = self.perceptual(recon.float().clamp(-1, 1), x.float()).mean()
             loss_g = loss_g + hp.perceptual_weight * p_loss
             self.log("train/perceptual", p_loss)
-        self.toggle_optimizer(opt_g)
-        g_adv = hinge_g_loss(self.discriminator(recon))
-        loss_g = loss_g + (hp.disc_weight if adversarial else 0.0) * g_adv
+        if adversarial:
+            self.toggle_optimizer(opt_g)
+            loss_g = loss_g + hp.disc_weight * hinge_g_loss(self.discriminator(recon))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         if hp.grad_clip > 0:
             self.clip_gradients(opt_g, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
         opt_g.step()
-        self.untoggle_optimizer(opt_g)
-
-        self.toggle_optimizer(opt_d)
-        d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(recon.detach()))
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss * (1.0 if adversarial else 0.0))
+        d_loss = torch.zeros((), device=x.device)
         if adversarial:
+            self.untoggle_optimizer(opt_g)
+            self.toggle_optimizer(opt_d)
+            d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(recon.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(d_loss)
             if hp.grad_clip > 0:
                 self.clip_gradients(opt_d, gradient_clip_val=hp.grad_clip, gradient_clip_algorithm="norm")
             opt_d.step()
-        self.untoggle_optimizer(opt_d)
+            self.untoggle_optimizer(opt_d)
 
         self._update_ema()
         self.step += 1
