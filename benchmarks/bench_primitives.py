@@ -6,7 +6,11 @@ Part 1 -- nearest-code search (``--part nearest``)
     memory of
       (a) ``vqlib.quantizers.nearest(x, codebook, k=1)``,
       (b) FAISS ``IndexFlatL2``: ``add`` is timed separately, the reported
-          time is ``search(x, 1)`` only,
+          time is ``search(x, 1)`` only. FAISS switches from a sequential SIMD
+          scan to its BLAS / fused small-d k=1 kernel only when
+          N * d >= ``faiss.cvar.distance_compute_blas_threshold`` (128000 in
+          1.15), so it is timed twice: with the default ("faiss") and with
+          the threshold set to 1 ("faiss*", always the BLAS/fused path),
       (c) the anchor, ``vector_quantize_pytorch.VectorQuantize(dim=d,
           codebook_size=K)`` forward in training mode (it materialises the
           full N x K distance matrix and a one-hot; skipped when its estimated
@@ -72,7 +76,7 @@ except ImportError:
 
 NEAREST_SIZES = [(65536, 64, 4096), (16384, 8, 65536), (8192, 8, 262144)]
 LEARNING_KS = [4096, 16384, 65536]
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 400
 DEMO_STEPS = 60
 DEFAULT_BATCH = 1024
 EVAL_CHUNK = 2048
@@ -149,7 +153,9 @@ def _nearest_child(impl: str, n: int, d: int, k: int, seed: int, repeats: int, b
     extra = {}
     if impl == "vqlib":
         fn = lambda: nearest(x, codebook, k=1)  # noqa: E731
-    elif impl == "faiss":
+    elif impl in ("faiss", "faiss*"):
+        if impl == "faiss*":
+            faiss.cvar.distance_compute_blas_threshold = 1
         xn, cn = x.numpy(), codebook.numpy()
         index = faiss.IndexFlatL2(d)
         t0 = time.perf_counter()
@@ -211,6 +217,9 @@ def index_agreement(n: int, d: int, k: int, seed: int) -> dict:
     )
 
 
+IMPLS = ("vqlib", "faiss", "faiss*", "anchor")
+
+
 def run_nearest(sizes, repeats: int, budget_s: float, mem_limit_gib: float, seed: int = 0) -> list[dict]:
     rows = []
     anchor_bytes_per_cell = 4 * 4.0  # until measured: about four N x K fp32 matrices
@@ -218,11 +227,12 @@ def run_nearest(sizes, repeats: int, budget_s: float, mem_limit_gib: float, seed
         print(f"[nearest] N={n} d={d} K={k}", flush=True)
         row = dict(n=n, d=d, k=k)
         row["vqlib"] = run_isolated(_nearest_child, "vqlib", n, d, k, seed, repeats, budget_s)
-        row["faiss"] = (
-            run_isolated(_nearest_child, "faiss", n, d, k, seed, repeats, budget_s)
-            if faiss
-            else {"error": "faiss not installed"}
-        )
+        for impl in ("faiss", "faiss*"):
+            row[impl] = (
+                run_isolated(_nearest_child, impl, n, d, k, seed, repeats, budget_s)
+                if faiss
+                else {"error": "faiss not installed"}
+            )
         need_gib = anchor_bytes_per_cell * n * k / GIB
         if anchor is None:
             row["anchor"] = {"error": "anchor not installed"}
@@ -234,7 +244,7 @@ def run_nearest(sizes, repeats: int, budget_s: float, mem_limit_gib: float, seed
                 anchor_bytes_per_cell = row["anchor"]["peak_mib"] * 2**20 / (n * k)
         row["agreement"] = index_agreement(n, d, k, seed) if faiss else None
         rows.append(row)
-        for impl in ("vqlib", "faiss", "anchor"):
+        for impl in IMPLS:
             r = row[impl]
             print(f"    {impl:7s} " + (r["error"] if "error" in r else f"{min(r['times']):.3f} s, {r['peak_mib']:.0f} MiB"), flush=True)
     return rows
@@ -250,20 +260,23 @@ def nearest_table(rows: list[dict]) -> str:
     def ratio(a, b):
         return f"{min(a['times']) / min(b['times']):.2f}x" if "times" in a and "times" in b else "-"
 
-    headers = ["N", "d", "K", "vqlib s", "faiss search s", "anchor s", "faiss s / vqlib s", "anchor s / vqlib s",
-               "vqlib MiB", "faiss MiB", "anchor MiB", "faiss add s", "same index as faiss"]
+    headers = ["N", "d", "K", "vqlib s", "faiss s", "faiss* s", "anchor s", "faiss/vqlib", "faiss*/vqlib",
+               "anchor/vqlib", "vqlib MiB", "faiss MiB", "faiss* MiB", "anchor MiB", "faiss add s",
+               "same index as faiss"]
     body = []
     for row in rows:
-        v, f, a, ag = row["vqlib"], row["faiss"], row["anchor"], row["agreement"]
+        v, f, f2, a, ag = (row[i] for i in (*IMPLS, "agreement"))
         agree = "-"
         if ag:
             agree = f"{ag['agree']:.6f} ({ag['differ']} differ: {ag['near_ties']} near-ties, {ag['real_mismatch']} real)"
-        body.append([row["n"], row["d"], row["k"], t(v), t(f), t(a), ratio(f, v), ratio(a, v),
-                     m(v), m(f), m(a), f"{f['add_s']:.3f}" if "add_s" in f else "-", agree])
-    exact = all(r.get("mem_exact", True) for row in rows for r in (row["vqlib"], row["faiss"], row["anchor"]))
+        body.append([row["n"], row["d"], row["k"], t(v), t(f), t(f2), t(a), ratio(f, v), ratio(f2, v), ratio(a, v),
+                     m(v), m(f), m(f2), m(a), f"{f['add_s']:.3f}" if "add_s" in f else "-", agree])
+    exact = all(row[i].get("mem_exact", True) for row in rows for i in IMPLS)
     notes = [
-        "Time: min over repeats (first call included) in a fresh process; faiss column is `search` only. "
-        "Ratios are time ratios: above 1 means vqlib is faster.",
+        "Time (s): min over repeats (first call included) in a fresh process; faiss columns time `search` "
+        "only (`add` is the last column). faiss = defaults; faiss* = `distance_compute_blas_threshold = 1`, "
+        "forcing FAISS's BLAS / fused k=1 path, which by default it takes only when N*d >= 128000. "
+        "Ratios are time ratios (other / vqlib): above 1 means vqlib is faster.",
         "MiB: peak RSS increase during the first call in a fresh spawned process "
         + ("(VmHWM reset via /proc/self/clear_refs, minus VmRSS before the call)." if exact
            else "(VmHWM could not be reset: values are upper bounds)."),
@@ -345,7 +358,7 @@ def learning_methods(k: int, batch: int, kmeans_batches: int) -> list[Method]:
             note=f"k-means over the first {kmeans_batches} batches; dead_code_threshold={dead:.4g}",
         ),
         Method("vqlib SimVQ", lambda: SimVQ(128, k), k),
-        Method("vqlib FVQ", lambda: FVQ(128, k), k,
+        Method("vqlib FVQ", lambda: FVQ(128, k), k, note="zero-initialised bridge output: all codes equal at step 0",
                skip="" if side * side == k else "skipped: K not a perfect square"),
         Method(f"vqlib FSQ {fsq}", lambda: FSQ(fsq, dim=128), math.prod(fsq), grid=True),
         Method(f"vqlib iFSQ {ifsq}", lambda: FSQ(ifsq, dim=128, bound="ifsq"), math.prod(ifsq), grid=True),
@@ -378,6 +391,7 @@ def batch_stream(n: int, batch: int, seed: int):
 @dataclass
 class TrainResult:
     seconds: float = 0.0
+    step_ms_median: float = 0.0  # robust to bursts of contention on a shared machine
     steps_done: int = 0
     trace: list = field(default_factory=list)  # (step, loss, distinct codes in the batch)
     error: str = ""
@@ -390,8 +404,10 @@ def train(method: Method, q, x: torch.Tensor, steps: int, batch: int, lr: float,
     res = TrainResult()
     marks = {0, steps // 10, steps // 2, steps - 1}
     batches = batch_stream(len(x), batch, seed)
+    step_times = []
     t0 = time.perf_counter()
     for step in range(steps):
+        t_step = time.perf_counter()
         xb = x[next(batches)].requires_grad_(True)
         quantized, indices, aux = method.forward(q, xb)
         loss = F.mse_loss(quantized, xb) + aux
@@ -402,10 +418,12 @@ def train(method: Method, q, x: torch.Tensor, steps: int, batch: int, lr: float,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        step_times.append(time.perf_counter() - t_step)
         if step in marks:
             res.trace.append((step, loss.item(), indices.unique().numel()))
         res.steps_done = step + 1
     res.seconds = time.perf_counter() - t0
+    res.step_ms_median = 1000 * float(np.median(step_times)) if step_times else float("nan")
     return res
 
 
@@ -440,6 +458,9 @@ def evaluate(method: Method, q, x: torch.Tensor) -> dict:
 
 
 def run_learning(ks, steps: int, batch: int, lr: float, seed: int, only: list[str] | None = None) -> list[dict]:
+    # CPU index backward (codebook[idx] with repeated idx) sums in a thread-dependent order; the tiny
+    # differences grow chaotically in training (FVQ usage moved 0.23 <-> 0.28 between identical runs)
+    torch.use_deterministic_algorithms(True)
     x = standardised_sift()
     n = len(x)
     kmeans_batches = max(1, min(n // batch, steps // 5))  # one epoch, or a fifth of a short run
@@ -475,35 +496,39 @@ def learning_line(row: dict) -> str:
 
 
 def learning_table(rows: list[dict], steps: int, batch: int, lr: float) -> str:
-    headers = ["K", "method", "codes", "usage", "1-exp(-N/codes)", "perplexity", "MSE", "train s", "eval s",
+    headers = ["K", "method", "codes", "usage", "1-exp(-N/codes)", "perplexity", "MSE", "train s", "ms/step",
+               "eval s",
                "loss first -> last", "codes in batch first -> last", "notes"]
     body = []
     for row in rows:
         m = row["method"]
         bound = f"{1 - math.exp(-row['n'] / m.size):.4f}" if m.grid else ""
         if "used" not in row:
-            body.append([row["k"], m.name, m.size, row.get("error", ""), bound] + [""] * 7)
+            body.append([row["k"], m.name, m.size, row.get("error", ""), bound] + [""] * 8)
             continue
         tr = row["train"]
         first, last = tr.trace[0], tr.trace[-1]
         notes = "; ".join(s for s in (m.note, tr.error, row.get("usage_mismatch", "")) if s)
         body.append([row["k"], m.name, m.size, f"{row['used']:.4f}", bound, f"{row['perplexity']:.0f}",
-                     f"{row['mse']:.4f}", f"{tr.seconds:.1f}", f"{row['eval_s']:.1f}",
+                     f"{row['mse']:.4f}", f"{tr.seconds:.1f}", f"{tr.step_ms_median:.0f}", f"{row['eval_s']:.1f}",
                      f"{first[1]:.3f} -> {last[1]:.3f}", f"{first[2]} -> {last[2]}", notes])
     n = rows[0]["n"] if rows else 0
+    kmax = max((row["k"] for row in rows), default=1)
     notes = [
         f"Data: {n} SIFT descriptors (benchmarks/datasets.py), standardised as (x - per-dimension mean) / "
         "global std of the centred data; MSE is per element in these units (the data's variance is 1).",
         f"Training: {steps} steps of batch {batch} (same batches for every method), Adam lr {lr:g} on "
-        "mse(quantized, x) + the method's own loss; input requires grad, so outputs carry the straight-through "
+        "mse(quantized, x) + the method's own loss (torch deterministic algorithms on); input requires grad, so outputs carry the straight-through "
         "/ rotation gradient as behind an encoder. EMA quantizers have no parameters (no optimizer).",
         "Usage = fraction of codes hit when encoding the full set in eval mode; perplexity = exp(entropy) "
         "of that histogram. With N vectors at most min(1, N/codes) of the codes can be used "
-        f"(N/K = {n / 65536:.2f} at K=65536). 1-exp(-N/codes) is the expected usage of uniform random "
+        f"(N/K = {n / kmax:.2f} at K={kmax}). 1-exp(-N/codes) is the expected usage of uniform random "
         "assignment (grid quantizers only).",
         "vqlib defaults: VectorQuantizer decay 0.99, beta 0.25; SimVQ/FVQ beta 0.25; "
         "anchor defaults: VectorQuantize decay 0.8, commitment 1, rotation trick; SimVQ rotation trick.",
         "'codes in batch' = distinct codes in the training batch at the first and the last step.",
+        "train s = wall time of the training loop (k-means initialisation included); ms/step = median step "
+        "time, the figure to compare when the machine is shared (bursts of contention inflate train s).",
     ]
     return md_table(headers, body) + "\n\n" + "\n".join(f"- {s}" for s in notes)
 
