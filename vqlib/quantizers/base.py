@@ -30,7 +30,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Quantizer", "QuantizerOutput", "Usage", "GRADIENTS"]
+from .nearest import nearest
+
+__all__ = ["GeneratedCodebookQuantizer", "Quantizer", "QuantizerOutput", "Usage", "GRADIENTS"]
 
 GRADIENTS = ("ste", "rotation")
 
@@ -409,3 +411,31 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         return f"dim={self.dim}, codebook_dim={self.codebook_dim}, codebook_size={self.codebook_size}, num_codebooks={self.num_codebooks}"
 
+
+
+class GeneratedCodebookQuantizer(Quantizer):
+    """A codebook computed from learned parameters (SimVQ, FVQ), trained by gradient.
+
+    Nearest code in l2 over the effective codebook ``E``; loss
+    ``‖z_q − sg(z)‖² + β‖sg(z_q) − z‖²`` (the first term trains what generates
+    ``E``). Subclasses set ``beta`` and implement ``_effective_codebook``.
+    """
+
+    beta: float
+
+    def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return self._effective_codebook()[indices[:, 0]]
+
+    def _encode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._encode_with(z, self._effective_codebook())
+
+    def _quantize(self, z: torch.Tensor):
+        codebook = self._effective_codebook()
+        idx = self._encode_with(z, codebook)
+        codes = codebook[idx]
+        loss = mse(codes, z.detach()) + self.beta * mse(z, codes.detach())
+        return z, codes, idx, loss
+
+    @staticmethod
+    def _encode_with(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        return nearest(z, codebook.detach())[1][:, 0]

@@ -19,13 +19,12 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Quantizer, mse
-from .nearest import nearest
+from .base import GeneratedCodebookQuantizer
 
 __all__ = ["SimVQ"]
 
 
-class SimVQ(Quantizer):
+class SimVQ(GeneratedCodebookQuantizer):
     """SimVQ quantizer.
 
     Args:
@@ -57,16 +56,3 @@ class SimVQ(Quantizer):
     def _effective_codebook(self) -> torch.Tensor:
         proj = self.codebook_proj
         return self._cached("codebook", (proj.weight, proj.bias, self.basis), lambda: proj(self.basis.float()))
-
-    def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return self._effective_codebook()[indices[:, 0]]
-
-    def _encode(self, z: torch.Tensor) -> torch.Tensor:
-        return nearest(z, self._effective_codebook().detach())[1][:, 0]
-
-    def _quantize(self, z: torch.Tensor):
-        codebook = self._effective_codebook()
-        idx = nearest(z, codebook.detach())[1][:, 0]
-        codes = codebook[idx]
-        loss = mse(codes, z.detach()) + self.beta * mse(z, codes.detach())
-        return z, codes, idx, loss
