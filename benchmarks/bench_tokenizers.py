@@ -1,0 +1,149 @@
+"""Tokenizer benchmark: the same small autoencoder and steps with each quantizer in the bottleneck.
+
+Data: crops of scikit-image's bundled photographs (`SkimageDataModule`, whole
+images held out for validation). Architecture and optimiser: those of
+`configs/tokenizer/demo.yaml` (ch 16, ch_mult [1, 2, 4, 8], z_channels 64, 64x64
+crops, batch 16, AdamW lr 1e-3, no GAN/LPIPS at this length). After `--steps`
+steps the EMA model is validated: PSNR, SSIM (data range 1), codebook usage and
+perplexity over the whole validation set, bits per pixel.
+
+    python benchmarks/bench_tokenizers.py --steps 500 --write BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import lightning.pytorch as pl  # noqa: E402
+
+from vqlib.quantizers import FSQ, FVQ, Quantizer, QuantizerOutput, SimVQ, VectorQuantizer  # noqa: E402
+from vqlib.tokenizers import VQTokenizer  # noqa: E402
+from vqlib.tokenizers.data import SkimageDataModule  # noqa: E402
+from vqlib.tokenizers.module import TokenizerModule  # noqa: E402
+
+Z = 64
+MARK_BEGIN, MARK_END = "<!-- bench_tokenizers:begin -->", "<!-- bench_tokenizers:end -->"
+
+
+class AnchorVQ(Quantizer):
+    """The anchor's `VectorQuantize` (default settings) behind vqlib's contract, for the same bottleneck."""
+
+    def __init__(self, dim: int, codebook_size: int):
+        super().__init__(dim, dim, codebook_size)
+        from vector_quantize_pytorch import VectorQuantize
+
+        self.vq = VectorQuantize(dim=dim, codebook_size=codebook_size)
+
+    def forward(self, x):
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # the anchor takes (B, N, D)
+        quantized, indices, loss = self.vq(flat)
+        self._count(indices.reshape(-1, 1))
+        return QuantizerOutput(quantized.reshape(x.shape), indices.reshape(x.shape[:-1]), loss.sum())
+
+
+RUNS = {
+    "vq (LlamaGen: cosine 8-d, learned)": lambda: VectorQuantizer(Z, 16384, codebook_dim=8, metric="cosine", codebook_update="gradient"),
+    "vq + k-means + dead-code restart (EMA)": lambda: VectorQuantizer(Z, 16384, codebook_dim=8, metric="cosine", init="kmeans", dead_code_threshold=0.01),
+    "simvq": lambda: SimVQ(Z, 16384, codebook_dim=8),
+    "fvq": lambda: FVQ(Z, 16384, codebook_dim=8),
+    "fsq [8,8,8,6,5]": lambda: FSQ([8, 8, 8, 6, 5], dim=Z),
+    "ifsq [9,9,9,5,5]": lambda: FSQ([9, 9, 9, 5, 5], dim=Z, bound="ifsq"),
+    "anchor VectorQuantize (defaults)": lambda: AnchorVQ(Z, 16384),
+    "simvq K=65536": lambda: SimVQ(Z, 65536, codebook_dim=8),
+    "fvq K=65536": lambda: FVQ(Z, 65536, codebook_dim=8),
+    "ifsq [17,17,17,17]": lambda: FSQ([17, 17, 17, 17], dim=Z, bound="ifsq"),
+}
+
+
+def run_one(name: str, steps: int) -> dict:
+    pl.seed_everything(0, verbose=False)
+    quantizer = RUNS[name]()
+    model = VQTokenizer(quantizer, ch=16, ch_mult=(1, 2, 4, 8), num_res_blocks=1, z_channels=Z)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = TokenizerModule(model, lr=1e-3, warmup_steps=50, perceptual_weight=0.0, disc_start=10**9, ema_decay=0.99)
+    data = SkimageDataModule(size=64, batch_size=16, crops_per_epoch=4096)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    train_s = time.perf_counter() - t0
+    pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False).validate(
+        module, datamodule=data, verbose=False
+    )
+    m = module.validation_metrics()
+    return {"name": name, "codes": quantizer.codebook_size, "train_s": train_s, **m}
+
+
+def table(rows: list[dict], steps: int) -> str:
+    lines = [
+        f"### Tokenizers on the embedded images ({steps} steps each)",
+        "",
+        "| quantizer | codes | PSNR dB | SSIM | usage | perplexity | bits/pixel | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['codes']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['usage']:.4f} | {r['perplexity']:.1f} | {r['bpp']:.4f} | {r['train_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--runs", nargs="+", default=list(RUNS))
+    p.add_argument("--results", default="runs/bench_tokenizers.json")
+    p.add_argument("--write", default=None)
+    args = p.parse_args()
+    torch.set_flush_denormal(True)
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(results_path.read_text()) if results_path.exists() else []
+    done = {r["name"] for r in rows if r.get("steps") == args.steps}
+    for name in args.runs:
+        if name in done:
+            continue
+        r = run_one(name, args.steps)
+        r["steps"] = args.steps
+        rows = [x for x in rows if x["name"] != name] + [r]
+        results_path.write_text(json.dumps(rows, indent=2))
+        print(f"{name}: PSNR {r['psnr']:.2f} SSIM {r['ssim']:.4f} usage {r['usage']:.4f} ppl {r['perplexity']:.0f} ({r['train_s']:.0f} s)", flush=True)
+    rows = [r for r in rows if r.get("steps") == args.steps]
+    order = list(RUNS)
+    rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else 99)
+    text = table(rows, args.steps)
+    print(text)
+    if args.write:
+        cmd = "python benchmarks/bench_tokenizers.py " + " ".join(sys.argv[1:])
+        meta = (
+            f"Command: `{cmd}`\n\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+            f"torch {torch.__version__}, lightning {pl.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+        )
+        path = Path(args.write)
+        old = path.read_text() if path.exists() else "# Benchmarks\n"
+        block = f"{MARK_BEGIN}\n{meta}{text}\n{MARK_END}"
+        if MARK_BEGIN in old:
+            head, rest = old.split(MARK_BEGIN, 1)
+            new = head + block + rest.split(MARK_END, 1)[1]
+        else:
+            new = old.rstrip() + "\n\n" + block + "\n"
+        path.write_text(new)
+
+
+if __name__ == "__main__":
+    main()
