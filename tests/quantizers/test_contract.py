@@ -219,3 +219,17 @@ def test_from_config_errors():
         Quantizer.from_config({"class_path": "torch.nn.Linear", "init_args": {}})
     with pytest.raises(ValueError, match="class_path"):
         Quantizer.from_config("VectorQuantizer")
+
+
+def test_output_never_trains_the_codebook(make_quantizer):
+    """Only ``loss`` reaches codebook parameters, whether or not the input requires grad."""
+    q = warm_up(make_quantizer())
+    for requires_grad in (False, True):
+        q.zero_grad()
+        x = torch.randn(20, DIM, requires_grad=requires_grad)
+        out = q(x)
+        if out.quantized.requires_grad:
+            out.quantized.square().sum().backward()
+        for name, p in q.named_parameters():
+            if not name.startswith(("project_in", "project_out")):
+                assert p.grad is None or p.grad.abs().sum() == 0, f"{name} got gradient from the output"

@@ -273,6 +273,9 @@ class Quantizer(nn.Module):
             if torch.is_grad_enabled() and pre.requires_grad:
                 estimator = _RotationTrick if self.gradient == "rotation" else _StraightThrough
                 codes = estimator.apply(pre, codes.detach())
+            else:
+                # the output never carries gradient into the codebook (only ``loss`` does)
+                codes = codes.detach()
             indices = indices.reshape(-1, self.num_codebooks)
             self._count(indices)
         quantized = self._finish(codes, lead, x.dtype)

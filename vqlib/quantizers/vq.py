@@ -110,7 +110,7 @@ class VectorQuantizer(Quantizer):
 
         cd = self.codebook_dim
         embed = torch.empty(codebook_size, cd)
-        nn.init.kaiming_uniform_(embed)  # U(±1/√d), the usual nn.Embedding-like start
+        nn.init.kaiming_uniform_(embed)  # U(±√(6/d)), the anchor's start too
         if metric == "cosine":
             embed = F.normalize(embed, dim=-1)
         if codebook_update == "gradient":
