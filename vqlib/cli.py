@@ -51,16 +51,20 @@ def _tokens_command(argv: list[str]) -> None:
     model = VQTokenizer.from_pretrained(args.tokenizer)
 
     if args.command == "encode":
+        import numpy as np
         from PIL import Image
+
+        from .io import atomic_write
 
         tensors = {}
         for path in args.images:
             with Image.open(path) as im:
-                img = to_rgb_tensor(__import__("numpy").asarray(im.convert("RGB")))
+                img = to_rgb_tensor(np.asarray(im.convert("RGB")))
             img = _fit(img, args.size, model.downsample)
             tensors[Path(path).stem] = model.encode(img[None] * 2 - 1)[0].contiguous()
         out = Path(args.output)
-        save_file(tensors, str(out), metadata={"format": "vqlib.tokens", "version": "1", "tokenizer": str(args.tokenizer)})
+        meta = {"format": "vqlib.tokens", "version": "1", "tokenizer": str(args.tokenizer)}
+        atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
         print(f"wrote {len(tensors)} token maps to {out}")
     else:
         tokens = load_file(args.tokens)

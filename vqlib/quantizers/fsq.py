@@ -100,9 +100,6 @@ class FSQ(Quantizer):
         # codes from the digits, exactly as _lookup computes them
         return f / self._half, (digits.float() - self._half) / self._half, idx, loss
 
-    def _encode(self, z: torch.Tensor) -> torch.Tensor:
-        return self._quantize(z)[2]
-
     def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
         flat = indices.reshape(-1, 1)
         digits = (flat // self._basis) % self._basis.new_tensor(self.levels)

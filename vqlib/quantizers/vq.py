@@ -133,10 +133,14 @@ class VectorQuantizer(Quantizer):
     def _lookup(self, indices: torch.Tensor) -> torch.Tensor:
         return self._effective_codebook()[indices[:, 0]].float()
 
+    def _search(self, z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """Nearest code of each (already normalised, for cosine) row of ``z``."""
+        return nearest(z, codebook.detach(), metric="l2" if self.metric == "l2" else "ip")[1][:, 0]
+
     def _encode(self, z):
         if self.metric == "cosine":
             z = F.normalize(z, dim=-1)
-        return nearest(z, self._effective_codebook().detach(), metric="l2" if self.metric == "l2" else "ip")[1]
+        return self._search(z, self._effective_codebook())
 
     def _quantize(self, z: torch.Tensor):
         if self.metric == "cosine":
@@ -147,8 +151,7 @@ class VectorQuantizer(Quantizer):
             if n_global > 0:  # an empty batch on every rank carries no statistics
                 self._before_step(z.detach(), n_global)
         codebook = self._effective_codebook()
-        _, idx = nearest(z, codebook.detach(), metric="l2" if self.metric == "l2" else "ip")
-        idx = idx[:, 0]
+        idx = self._search(z, codebook)
         codes = codebook[idx].float()
         loss = self.commitment_weight * mse(z, codes.detach())
         if self.codebook_update == "gradient":

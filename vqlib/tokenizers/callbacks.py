@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+
+from ..io import atomic_write
 
 
 class ExportTokenizer(pl.Callback):
@@ -25,7 +25,7 @@ class ExportTokenizer(pl.Callback):
         metrics["step"] = int(module.step)
         if trainer.is_global_zero:
             model.save_pretrained(out / "tokenizer")
-            _write_json(out / "metrics.json", metrics)
+            atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2)))
             loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else None
             if loader is not None:
                 batch = next(iter(loader))[: self.num_images].to(module.device)
@@ -62,16 +62,4 @@ def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
         r, col = divmod(i, cols)
         grid[:, r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = (img.float().cpu() + 1) / 2
     array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))

@@ -69,6 +69,11 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def mid_block(width: int, dropout: float) -> nn.Sequential:
+    """Residual block, self-attention, residual block at the lowest resolution."""
+    return nn.Sequential(ResnetBlock(width, width, dropout), AttnBlock(width), ResnetBlock(width, width, dropout))
+
+
 class Encoder(nn.Module):
     """Image ``(B, 3, H, W)`` → latent ``(B, z_channels, H/f, W/f)`` with ``f = 2^(len(ch_mult)-1)``."""
 
@@ -96,7 +101,7 @@ class Encoder(nn.Module):
             if level != len(ch_mult) - 1:
                 blocks.append(Downsample(width))
         self.down = nn.Sequential(*blocks)
-        self.mid = nn.Sequential(ResnetBlock(width, width, dropout), AttnBlock(width), ResnetBlock(width, width, dropout))
+        self.mid = mid_block(width, dropout)
         self.norm_out = normalize(width)
         self.conv_out = nn.Conv2d(width, z_channels, 3, padding=1)
 
@@ -121,7 +126,7 @@ class Decoder(nn.Module):
         super().__init__()
         width = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, width, 3, padding=1)
-        self.mid = nn.Sequential(ResnetBlock(width, width, dropout), AttnBlock(width), ResnetBlock(width, width, dropout))
+        self.mid = mid_block(width, dropout)
         blocks: list[nn.Module] = []
         for level, mult in reversed(list(enumerate(ch_mult))):
             out = ch * mult

@@ -14,16 +14,15 @@ Images are ``(B, 3, H, W)`` in ``[-1, 1]``. Exported with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from ..io import atomic_write, sha256
 from ..quantizers import Quantizer, QuantizerOutput
 from .layers import Decoder, Encoder
 
@@ -118,15 +117,15 @@ class VQTokenizer(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         weights = directory / _WEIGHTS
-        _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "vqlib.tokenizer"}))
+        atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "vqlib.tokenizer"}))
         meta = {
             "format": "vqlib.tokenizer",
             "version": FORMAT_VERSION,
             "class": "VQTokenizer",
             "config": self.config,
-            "weights": {"file": _WEIGHTS, "sha256": _sha256(weights)},
+            "weights": {"file": _WEIGHTS, "sha256": sha256(weights)},
         }
-        _atomic_write(directory / _CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+        atomic_write(directory / _CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
         return directory
 
     @classmethod
@@ -148,28 +147,9 @@ class VQTokenizer(nn.Module):
         weights = directory / meta["weights"]["file"]
         if not weights.is_file():
             raise ValueError(f"missing weights file {weights}")
-        if _sha256(weights) != meta["weights"]["sha256"]:
+        if sha256(weights) != meta["weights"]["sha256"]:
             raise ValueError(f"{weights} does not match the checksum in {cfg_path}: the file is corrupt or was changed")
         model = cls(**meta["config"])
         model.load_state_dict(load_file(str(weights), device=str(map_location)))
         return model.eval()
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
