@@ -59,3 +59,15 @@ def test_training_crops_are_deterministic_per_epoch():
     assert torch.equal(a, dm.train_set[3])
     dm.train_set.epoch = 1
     assert not torch.equal(a, dm.train_set[3])
+
+
+def test_each_epoch_draws_new_crops():
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    dm = SkimageDataModule(size=32, batch_size=4, crops_per_epoch=8)
+    dm.setup()
+    loader = dm.train_dataloader()
+    first = next(iter(loader))
+    assert torch.equal(first, next(iter(loader)))
+    _set_sampler_epoch(loader, 1)  # what Lightning's fit loop calls at each epoch start
+    assert not torch.equal(first, next(iter(loader)))

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
@@ -81,6 +81,27 @@ class RandomCrops(Dataset):
         if torch.rand((), generator=g) < 0.5:
             crop = crop.flip(-1)
         return crop.clamp(0, 1) * 2 - 1
+
+
+class EpochSampler(Sampler[int]):
+    """In-order indices; ``set_epoch`` (called by Lightning every epoch) draws new crops for the new epoch.
+
+    Lightning builds the training loader once, so the dataset cannot read the
+    epoch when the loader is made. Under DDP Lightning wraps this sampler and
+    the crops repeat across epochs (still distinct between ranks).
+    """
+
+    def __init__(self, dataset: RandomCrops):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self):
+        return iter(range(len(self.dataset)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.epoch = epoch
 
 
 class GridCrops(Dataset):
@@ -160,9 +181,8 @@ class _CropDataModule(pl.LightningDataModule):
             self.val_set = GridCrops(val, self.size)
 
     def train_dataloader(self) -> DataLoader:
-        if self.trainer is not None:
-            self.train_set.epoch = self.trainer.current_epoch
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, drop_last=True, num_workers=self.num_workers)
+        sampler = EpochSampler(self.train_set)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
