@@ -5,6 +5,7 @@ from .fsq import FSQ
 from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
 from .kmeans import kmeans
 from .nearest import METRICS, nearest
+from .packing import pack_bits, packed_size, unpack_bits
 from .simvq import SimVQ
 from .vq import VectorQuantizer
 
@@ -23,4 +24,7 @@ __all__ = [
     "learning_annealing",
     "learning_annealing_lambda",
     "nearest",
+    "pack_bits",
+    "packed_size",
+    "unpack_bits",
 ]
