@@ -3,7 +3,8 @@
 Data: crops of scikit-image's bundled photographs (`SkimageDataModule`, whole
 images held out for validation). Architecture and optimiser: those of
 `configs/tokenizer/demo.yaml` (ch 16, ch_mult [1, 2, 4, 8], z_channels 64, 64x64
-crops, batch 16, AdamW lr 1e-3; PatchGAN hinge loss from batch `--disc-start`;
+crops, batch 16, AdamW lr 1e-3; PatchGAN hinge loss from batch `--disc-start`
+with VQGAN's adaptive weight;
 no LPIPS: its weights cannot be downloaded here). After `--steps` batches the
 EMA model is validated: PSNR, SSIM (data range 1), codebook usage and
 perplexity over the whole validation set, bits per pixel, and rFID (FID
@@ -129,7 +130,7 @@ def main() -> None:
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(results_path.read_text()) if results_path.exists() else []
-    key = {"steps": args.steps, "disc_start": args.disc_start}
+    key = {"steps": args.steps, "disc_start": args.disc_start, "disc_weight_mode": "adaptive"}
     done = {r["name"] for r in rows if all(r.get(k) == v for k, v in key.items())}
     for name in args.runs:
         if name in done:

@@ -99,3 +99,22 @@ def test_missing_perceptual_weights_warn():
     with pytest.warns(UserWarning, match="perceptual loss disabled"):
         module = TokenizerModule(tiny_tokenizer(), perceptual_weight=1.0)
     assert module.perceptual is None
+
+
+def test_adaptive_disc_weight_balances_gradients_at_the_last_layer():
+    torch.manual_seed(0)
+    module = TokenizerModule(tiny_tokenizer(), perceptual_weight=0.0, disc_layers=2, rfid=False)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    recon, _ = module.model(x)
+    nll = (recon - x).square().mean()
+    g_loss = -module.discriminator(recon).mean()
+    w = module._adaptive_weight(nll, g_loss)
+    last = module.model.decoder.conv_out.weight
+    a = torch.autograd.grad(nll, last, retain_graph=True)[0].norm()
+    b = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+    assert w.item() == pytest.approx((a / (b + 1e-4)).item(), rel=1e-5)
+    # scaled by w, the adversarial gradient at that layer has the reconstruction gradient's size
+    scaled = torch.autograd.grad(w * g_loss, last)[0].norm()
+    assert scaled.item() == pytest.approx(a.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="disc_weight_mode"):
+        TokenizerModule(tiny_tokenizer(), perceptual_weight=0.0, disc_weight_mode="auto")

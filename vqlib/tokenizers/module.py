@@ -25,6 +25,7 @@ from .metrics import fid_features, frechet_distance, psnr, ssim
 from .model import VQTokenizer
 
 RECON_LOSSES = ("l1", "l2")
+DISC_WEIGHT_MODES = ("adaptive", "fixed")
 
 
 class TokenizerModule(pl.LightningModule):
@@ -37,6 +38,9 @@ class TokenizerModule(pl.LightningModule):
         recon_loss: ``"l1"`` or ``"l2"``.
         recon_weight, quantizer_weight, perceptual_weight, disc_weight: loss weights.
         disc_start: batch from which the adversarial terms are on.
+        disc_weight_mode: ``"adaptive"`` (VQGAN, arXiv 2012.09841: the generator's adversarial
+            term is scaled by ‖∇L_rec‖ / ‖∇L_G‖ at the decoder's last layer, so it cannot
+            swamp a small reconstruction loss) or ``"fixed"`` (LlamaGen: ``disc_weight`` alone).
         disc_ch, disc_layers: PatchGAN width and depth.
         ema_decay: EMA of the generator weights (0 disables).
         grad_clip: max gradient norm for both optimisers (0 disables).
@@ -60,6 +64,7 @@ class TokenizerModule(pl.LightningModule):
         perceptual_weight: float = 1.0,
         disc_weight: float = 0.5,
         disc_start: int = 20000,
+        disc_weight_mode: str = "adaptive",
         disc_ch: int = 64,
         disc_layers: int = 3,
         ema_decay: float = 0.999,
@@ -69,6 +74,8 @@ class TokenizerModule(pl.LightningModule):
         super().__init__()
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {recon_loss!r}")
+        if disc_weight_mode not in DISC_WEIGHT_MODES:
+            raise ValueError(f"disc_weight_mode must be one of {DISC_WEIGHT_MODES}, got {disc_weight_mode!r}")
         if not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.save_hyperparameters(ignore=["model"])
@@ -117,14 +124,18 @@ class TokenizerModule(pl.LightningModule):
 
         recon, q = self.model(x)
         rec = self._reconstruction(recon, x)
-        loss_g = hp.recon_weight * rec + hp.quantizer_weight * q.loss
+        nll = hp.recon_weight * rec
         if self.perceptual is not None:
             p_loss = self.perceptual(recon.float().clamp(-1, 1), x.float()).mean()
-            loss_g = loss_g + hp.perceptual_weight * p_loss
+            nll = nll + hp.perceptual_weight * p_loss
             self.log("train/perceptual", p_loss)
+        loss_g = nll + hp.quantizer_weight * q.loss
         if adversarial:
             self.toggle_optimizer(opt_g)
-            loss_g = loss_g + hp.disc_weight * hinge_g_loss(self.discriminator(recon))
+            g_loss = hinge_g_loss(self.discriminator(recon))
+            weight = hp.disc_weight * self._adaptive_weight(nll, g_loss) if hp.get("disc_weight_mode", "fixed") == "adaptive" else hp.disc_weight
+            loss_g = loss_g + weight * g_loss
+            self.log("train/disc_weight", float(weight))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         if hp.grad_clip > 0:
@@ -148,6 +159,13 @@ class TokenizerModule(pl.LightningModule):
             {"train/loss": loss_g.detach(), "train/rec": rec.detach(), "train/q_loss": q.loss.detach(), "train/d_loss": d_loss.detach()},
             prog_bar=True,
         )
+
+    def _adaptive_weight(self, nll: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
+        """VQGAN's balance ‖∇_w nll‖ / ‖∇_w L_G‖ at the decoder's output convolution, clamped to [0, 1e4]."""
+        last = self.model.decoder.conv_out.weight
+        nll_grad = torch.autograd.grad(nll, last, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        return (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
 
     @torch.no_grad()
     def _update_ema(self) -> None:
