@@ -17,6 +17,18 @@ from .lr2vq import (
 )
 from .nearest import METRICS, nearest
 from .packing import pack_bits, packed_size, unpack_bits
+from .pvq import (
+    PVQCodes,
+    PVQWeight,
+    PyramidVQ,
+    hadamard_transform,
+    pvq_index,
+    pvq_nearest,
+    pvq_point,
+    pvq_quantize_weight,
+    pvq_size,
+    pvq_words,
+)
 from .saq import CAQ, SAQ, SAQCodes
 from .simvq import SimVQ
 from .vq import VectorQuantizer
@@ -32,6 +44,9 @@ __all__ = [
     "LR2VQReport",
     "LR2VQWeight",
     "METRICS",
+    "PVQCodes",
+    "PVQWeight",
+    "PyramidVQ",
     "Quantizer",
     "QuantizerOutput",
     "SAQ",
@@ -44,11 +59,18 @@ __all__ = [
     "compression_report",
     "decompress_model",
     "finetune",
+    "hadamard_transform",
     "kmeans",
     "learning_annealing",
     "learning_annealing_lambda",
     "nearest",
     "pack_bits",
     "packed_size",
+    "pvq_index",
+    "pvq_nearest",
+    "pvq_point",
+    "pvq_quantize_weight",
+    "pvq_size",
+    "pvq_words",
     "unpack_bits",
 ]

@@ -469,7 +469,11 @@ class PyramidVQ(nn.Module):
         rotate: ``"hadamard"``: random signs then an orthonormal Walsh–Hadamard
             transform per group before coding (``group_size`` must be a power
             of 2; no padding, since padded coordinates would cost index bits);
-            ``None``: code the groups as they are.
+            ``None`` (default): code the groups as they are. The paper rotates to
+            spread outliers; measured here (runs on Gaussian, Laplace, Student-t and
+            outlier-channel data at ~3 bits/weight) the rotation never lowered the
+            MSE and up to doubled it on heavy-tailed groups, which PVQ's pyramid
+            already suits, so it is opt-in.
         seed: seed of the random signs.
         lloyd_iters: Lloyd–Max iterations of :meth:`fit`.
     """
@@ -480,7 +484,7 @@ class PyramidVQ(nn.Module):
         K: int,
         group_size: int | None = None,
         amplitude_bits: int = 8,
-        rotate: str | None = "hadamard",
+        rotate: str | None = None,
         seed: int = 0,
         lloyd_iters: int = 50,
     ):
