@@ -317,7 +317,7 @@ def test_bad_input_raises_value_errors():
     with pytest.raises(ValueError, match="multiple of group_size"):
         PyramidVQ(20, 4, group_size=8)
     with pytest.raises(ValueError, match="power-of-2 group_size"):
-        PyramidVQ(24, 4, group_size=12)
+        PyramidVQ(24, 4, group_size=12, rotate="hadamard")
     with pytest.raises(ValueError, match="amplitude_bits"):
         PyramidVQ(8, 4, amplitude_bits=0)
     with pytest.raises(ValueError, match="rotate must be"):
