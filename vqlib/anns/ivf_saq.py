@@ -37,6 +37,8 @@ __all__ = ["IVFSAQIndex"]
 
 # Codes per block of a list: the (queries × block) score matrices of a group stay a few MiB.
 _BLOCK = 4096
+# A query's first block is small: until k candidates are scored there is no threshold to prune with.
+_FIRST_BLOCK = 256
 
 
 class IVFSAQIndex(Index):
@@ -271,8 +273,7 @@ class IVFSAQIndex(Index):
             lists, counts = torch.unique_consecutive(pairs_l, return_counts=True)
             for l, qi in zip(lists.tolist(), torch.split(pairs_q, counts.tolist())):
                 start, end = int(self.offsets[l]), int(self.offsets[l + 1])
-                for a in range(start, end, _BLOCK):
-                    b = min(a + _BLOCK, end)
+                for a, b in _blocks(start, end, first=_FIRST_BLOCK if torch.isinf(thr[qi]).any() else _BLOCK):
                     s = self._score_block(prep, qi, l, a, b, thr[qi], m)
                     cand_s = torch.cat([best_s[qi], s], 1)
                     cand_p = torch.cat([best_p[qi], torch.arange(a, b).expand(len(qi), -1)], 1)
@@ -394,6 +395,16 @@ def _exact(x, v, metric):
     if metric == "ip":
         return ip
     return (x.square().sum(1, keepdim=True) - 2 * ip + v.square().sum(2)).clamp_min_(0)
+
+
+def _blocks(start: int, end: int, first: int):
+    """Block boundaries ``(a, b)`` covering ``start:end``: one block of ``first`` codes, then blocks of ``_BLOCK``."""
+    out, a = [], start
+    while a < end:
+        b = min(a + (first if a == start else _BLOCK), end)
+        out.append((a, b))
+        a = b
+    return out
 
 
 def _new_stats(stages: int) -> dict:
