@@ -4,6 +4,7 @@
     vqlib validate --config ... --ckpt_path last.ckpt
     vqlib encode IMAGES... --tokenizer DIR -o tokens.safetensors
     vqlib decode tokens.safetensors --tokenizer DIR -o OUT_DIR
+    vqlib anns build|search|bench ...                   # ANN indexes on SAQ codes (vqlib.anns.cli)
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("encode", "decode"):
         return _tokens_command(argv)
+    if argv and argv[0] == "anns":
+        from .anns.cli import main as anns_main
+
+        return anns_main(argv[1:])
     import torch
     from lightning.pytorch.cli import LightningCLI
 

@@ -1,0 +1,47 @@
+"""index_factory strings, good and bad."""
+
+import pytest
+
+from vqlib.anns import FlatIndex, IVFSAQIndex, SAQIndex, index_factory
+
+
+@pytest.mark.parametrize(
+    "description, cls, attrs",
+    [
+        ("Flat", FlatIndex, {}),
+        ("SAQ4", SAQIndex, {"bits": 4.0, "refine": False}),
+        ("SAQ0.5", SAQIndex, {"bits": 0.5}),
+        ("SAQ.5", SAQIndex, {"bits": 0.5}),
+        ("SAQ2,Refine", SAQIndex, {"bits": 2.0, "refine": True}),
+        ("IVF1024,SAQ4", IVFSAQIndex, {"nlist": 1024, "bits": 4.0}),
+        ("IVF16,SAQ4.5,RFlat", IVFSAQIndex, {"nlist": 16, "bits": 4.5, "refine": True}),
+    ],
+)
+def test_good_strings(description, cls, attrs):
+    index = index_factory(32, description, metric="ip")
+    assert type(index) is cls and index.metric == "ip" and index.d == 32
+    for k, v in attrs.items():
+        assert getattr(index, k) == v
+
+
+def test_kwargs_reach_the_constructor():
+    assert index_factory(32, "IVF8,SAQ4", nprobe=5).nprobe == 5
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["", "flat", "Flat,Refine", "SAQ", "SAQ-1", "SAQx4", "IVF,SAQ4", "IVF0,SAQ4", "IVF16", "IVF16,PQ8", "SAQ4,IVF16",
+     "IVF16,SAQ4,Refine,Refine", " SAQ4", "SAQ4 ,Refine"],
+)  # fmt: skip
+def test_bad_strings(description):
+    with pytest.raises(ValueError, match="cannot parse index description"):
+        index_factory(32, description)
+
+
+def test_bad_values():
+    with pytest.raises(ValueError, match="bits"):
+        index_factory(32, "SAQ17")
+    with pytest.raises(ValueError, match="metric"):
+        index_factory(32, "SAQ4", metric="cosine")
+    with pytest.raises(ValueError, match="string"):
+        index_factory(32, 4)

@@ -1,0 +1,135 @@
+"""IVFSAQIndex: recall over nprobe, equality with a full scan of the residual codes, merge and removal."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from vqlib.anns import FlatIndex, IVFSAQIndex, SAQIndex
+
+from .conftest import D, recall, same_topk_fraction
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    xb, _ = data
+    index = IVFSAQIndex(D, 16, 4)
+    index.train(xb)
+    return index
+
+
+def filled(trained, xb):
+    index = pickle.loads(pickle.dumps(trained))  # a copy that shares the training
+    index.add(xb)
+    return index
+
+
+def test_recall_grows_with_nprobe(data, ground_truth, trained):
+    xb, xq = data
+    index = filled(trained, xb)
+    recalls = [recall(index.search(xq, 10, {"nprobe": p})[1], ground_truth[1]) for p in (1, 4, 16)]
+    assert recalls[0] <= recalls[1] + 0.01 <= recalls[2] + 0.02
+    assert recalls[2] >= 0.85
+    index.nprobe = 16
+    assert recall(index.search(xq, 10)[1], ground_truth[1]) == recalls[2]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_all_lists_equal_full_scan_of_residual_codes(data, metric):
+    xb, xq = data
+    index = IVFSAQIndex(D, 8, 4, metric=metric)
+    index.train(xb)
+    index.add(xb)
+    q, saq = torch.from_numpy(xq), index.saq
+    est = torch.empty(len(q), index.ntotal)
+    for l in range(index.nlist):
+        a, b = int(index.offsets[l]), int(index.offsets[l + 1])
+        c = index.centroids[l]
+        if metric == "l2":
+            est[:, a:b] = saq.estimate_sq_distances(q - c, index.codes[a:b])
+        else:
+            est[:, a:b] = saq.estimate_inner_products(q + saq.mean, index.codes[a:b]) + (q @ (c + saq.mean))[:, None]
+    ref_d, ref_pos = est.topk(10, dim=1, largest=metric == "ip")
+    ref_ids = index.ids[ref_pos].numpy()
+    D0, I0 = index.search(xq, 10, {"nprobe": 8, "bound_m": 0})
+    assert same_topk_fraction(I0, ref_ids) >= 0.99
+    np.testing.assert_allclose(D0, ref_d.numpy(), rtol=1e-3, atol=1e-3 * float(ref_d.abs().max()))
+    D1, I1 = index.search(xq, 10, {"nprobe": 8})
+    assert same_topk_fraction(I1, I0) >= 0.99
+
+
+def test_one_list_equals_saq_index(data):
+    xb, xq = data
+    ivf, flat = IVFSAQIndex(D, 1, 4), SAQIndex(D, 4)
+    for index in (ivf, flat):
+        index.train(xb)
+        index.add(xb)
+    # one k-means centroid is the data mean, SAQ then codes the same centred vectors
+    Di, Ii = ivf.search(xq, 10)
+    Ds, Is = flat.search(xq, 10)
+    assert same_topk_fraction(Ii, Is) >= 0.9
+
+
+def test_merge_equals_single_index(data, trained):
+    xb, xq = data
+    whole = filled(trained, xb)
+    part_a, part_b = filled(trained, xb[:1500]), pickle.loads(pickle.dumps(trained))
+    part_b.add_with_ids(xb[1500:], np.arange(1500, len(xb)))
+    part_a.merge_from(part_b)
+    assert part_a.ntotal == len(xb) and part_b.ntotal == 0
+    Dw, Iw = whole.search(xq, 10, {"nprobe": 4})
+    Dm, Im = part_a.search(xq, 10, {"nprobe": 4})
+    np.testing.assert_array_equal(Im, Iw)
+    np.testing.assert_allclose(Dm, Dw, rtol=1e-6)
+    other = IVFSAQIndex(D, 16, 4, seed=1)
+    other.train(xb)
+    with pytest.raises(ValueError, match="seed|trained separately"):
+        part_a.merge_from(other)
+    with pytest.raises(ValueError, match="cannot merge a FlatIndex"):
+        part_a.merge_from(FlatIndex(D))
+
+
+def test_remove_reconstruct_reset(data, trained):
+    xb, xq = data
+    index = filled(trained, xb)
+    before = np.sum((index.reconstruct(11) - xb[11]) ** 2) / np.sum(xb[11] ** 2)
+    assert before < 0.2
+    assert index.remove_ids(np.arange(0, 3000, 2)) == 1500
+    _, I = index.search(xq, 10, {"nprobe": 16})
+    assert (I % 2 == 1).all()
+    assert np.all(np.diff(index.lists.numpy()) >= 0)  # storage stays grouped by list
+    index.reset()
+    assert index.ntotal == 0 and index.is_trained
+    _, I = index.search(xq, 3)
+    assert (I == -1).all()
+
+
+def test_range_search_matches_estimates(data):
+    xb, xq = data
+    index = IVFSAQIndex(D, 4, 4)
+    index.train(xb)
+    index.add(xb)
+    D0, _ = index.search(xq[:5], 50, {"nprobe": 4, "bound_m": 0})
+    radius = float(np.median(D0[:, 20]))
+    lims, dist, ids = index.range_search(xq[:5], radius, {"nprobe": 4})
+    for i in range(5):
+        expect = D0[i][D0[i] < radius]
+        got = dist[lims[i] : lims[i + 1]]
+        if len(expect) < 50:  # every hit is among the 50 estimated nearest
+            assert len(got) == len(expect)
+            np.testing.assert_allclose(got, expect, rtol=1e-5)
+
+
+def test_constructor_and_train_errors(data):
+    xb, _ = data
+    with pytest.raises(ValueError, match="nlist"):
+        IVFSAQIndex(D, 0, 4)
+    with pytest.raises(ValueError, match="bits"):
+        IVFSAQIndex(D, 4, 0)
+    with pytest.raises(ValueError, match="nprobe"):
+        IVFSAQIndex(D, 4, 4, nprobe=0)
+    index = IVFSAQIndex(D, 64, 4)
+    with pytest.raises(ValueError, match="at least nlist=64"):
+        index.train(xb[:10])
+    assert not index.is_trained
