@@ -193,6 +193,13 @@ def _relax(dst, dst_choice, src, cost, err, i, b):
         dst_choice[cost:][better] = (i, b)
 
 
+def plan_code_size(plan: list[tuple[int, int]]) -> int:
+    """Bytes per vector that a plan stores: packed codes of each coded segment plus float32 factors."""
+    coded = [(length, b) for length, b in plan if b > 0]
+    factors = 2 * len(coded) + (1 if len(coded) < len(plan) else 0)
+    return sum(packed_size(length, b) for length, b in coded) + 4 * factors
+
+
 def default_granularity(dim: int) -> int:
     """64 dimensions per segment unit as in the paper; finer for small dimensions (at least 8)."""
     return min(dim, max(8, min(64, 8 * round(dim / 64))))
@@ -306,8 +313,7 @@ class SAQ(nn.Module):
     def code_size(self) -> int:
         """Bytes per encoded vector, all-inclusive (packed codes of every segment and float32 factors)."""
         self._require_trained()
-        codes = sum(packed_size(length, b) for length, b in self.plan if b > 0)
-        return codes + 4 * self._num_factors()
+        return plan_code_size(self.plan)
 
     @property
     def bits_per_dim(self) -> float:
