@@ -133,3 +133,30 @@ def test_constructor_and_train_errors(data):
     with pytest.raises(ValueError, match="at least nlist=64"):
         index.train(xb[:10])
     assert not index.is_trained
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda ix, xb, xq: ix.search(xq, 0), ValueError, "k must be"),
+        (lambda ix, xb, xq: ix.search(xq[:, :5], 3), ValueError, "expected shape"),
+        (lambda ix, xb, xq: ix.search(np.full((1, D), np.nan, np.float32), 3), ValueError, "NaN"),
+        (lambda ix, xb, xq: ix.search(xq, 3, {"nprobe": 0}), ValueError, "nprobe"),
+        (lambda ix, xb, xq: ix.search(xq, 3, {"bound_m": -1.0}), ValueError, "bound_m"),
+        (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([5, 5])), ValueError, "duplicates"),
+        (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([5.0, 6.0])), ValueError, "integer"),
+        (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([1, 6])), ValueError, "already in the index"),
+        (lambda ix, xb, xq: ix.add(np.full((2, D), np.inf, np.float32)), ValueError, "NaN or Inf"),
+        (lambda ix, xb, xq: ix.train(xb), ValueError, "reset"),
+        (lambda ix, xb, xq: ix.reconstruct(10**9), KeyError, "not in the index"),
+    ],
+)
+def test_rejected_calls_leave_index_unchanged(data, trained, call, error, match):
+    from vqlib.anns import serialize_index
+
+    xb, xq = data
+    index = filled(trained, xb[:300])
+    before = serialize_index(index)
+    with pytest.raises(error, match=match):
+        call(index, xb, xq)
+    assert serialize_index(index) == before
