@@ -22,7 +22,9 @@ codes (again after any in-place edit) so a clamped value is never silently used.
 ``TRITON_INTERPRET=1`` (set before triton is imported) runs the kernels on CPU tensors
 with Triton's interpreter. There ``@triton.autotune`` is skipped (one fixed, large
 configuration: interpreter time grows with the number of programs) and bf16 tiles are
-multiplied in fp32 (bf16 ``tl.dot`` is wrong under the interpreter; fp16 is fine).
+multiplied in fp32 (bf16 ``tl.dot`` is wrong under the interpreter; fp16 is fine), and
+bf16 results are written in fp32 and rounded by torch (the interpreter truncates fp32 → bf16
+where a GPU rounds to nearest even).
 """
 
 from __future__ import annotations
@@ -81,6 +83,11 @@ def _check_x(x: torch.Tensor, d: int) -> None:
         raise ValueError(f"expected x of shape (M, {d}), got {tuple(x.shape)}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"expected fp16, bf16 or fp32 x, got {x.dtype}")
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    # the interpreter truncates fp32 → bf16 (a GPU rounds to nearest even): write fp32, let torch round
+    return torch.float32 if INTERPRET and dtype == torch.bfloat16 else dtype
 
 
 def _dummy(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -226,7 +233,8 @@ def dequantize(codebook, codes, scales=None, signs=None, dtype: torch.dtype | No
     """Dense ``(N, D)`` weight from codes, in ``dtype`` (default the codebook's)."""
     _require_triton()
     g, k, v, n, d = _check_layer(codebook, codes, scales, signs)
-    out = torch.empty(n, d, dtype=dtype or codebook.dtype, device=codes.device)
+    dtype = dtype or codebook.dtype
+    out = torch.empty(n, d, dtype=_out_dtype(dtype), device=codes.device)
     bn, bk = (64, 128) if INTERPRET else (32, 128)
     grid = (triton.cdiv(n, bn), triton.cdiv(d, bk))
     _dequant_kernel[grid](
@@ -234,7 +242,7 @@ def dequantize(codebook, codes, scales=None, signs=None, dtype: torch.dtype | No
         n, d, k, n // g, codes.stride(0), signs.stride(0) if signs is not None else 0,
         V=v, HAS_SCALE=scales is not None, HAS_SIGN=signs is not None, BN=bn, BK=bk,
     )  # fmt: skip
-    return out
+    return out.to(dtype)
 
 
 def gemm(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.Tensor:
@@ -244,9 +252,9 @@ def gemm(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.Tensor
     _check_x(x, d)
     _check_device(x)
     m = x.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    y = torch.empty(m, n, dtype=_out_dtype(x.dtype), device=x.device)
     if m == 0:
-        return y
+        return y.to(x.dtype)
     # fp32 activations keep fp32 products; bf16 tl.dot is wrong under the interpreter
     dot_fp32 = x.dtype == torch.float32 or (INTERPRET and x.dtype == torch.bfloat16)
     args = (
@@ -263,7 +271,7 @@ def gemm(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.Tensor
         _gemm[grid](*args, **flags, DOT_FP32=dot_fp32, **_INTERP_GEMM)
     else:
         _gemm[grid](*args, **flags, DOT_FP32=dot_fp32)
-    return y
+    return y.to(x.dtype)
 
 
 LUT_MAX_ROWS = 8
@@ -280,9 +288,9 @@ def lut_linear(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.
     m = x.shape[0]
     if m > LUT_MAX_ROWS:
         raise ValueError(f"the look-up-table kernel takes at most {LUT_MAX_ROWS} rows, got {m}")
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    y = torch.empty(m, n, dtype=_out_dtype(x.dtype), device=x.device)
     if m == 0:
-        return y
+        return y.to(x.dtype)
     j = d // v
     lut = torch.empty(g, m, j, k, dtype=torch.float32, device=x.device)
     bj, bc = (64, 256) if INTERPRET else (32, 64)
@@ -295,4 +303,4 @@ def lut_linear(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.
         m, n, j, k, n // g, codes.stride(0), y.stride(0),
         HAS_SCALE=scales is not None, HAS_BIAS=bias is not None, BM=max(2, triton.next_power_of_2(m)), BN=bn, BJ=bjg,
     )  # fmt: skip
-    return y
+    return y.to(x.dtype)
