@@ -61,7 +61,7 @@ def faiss_codecs(d: int) -> dict[str, str | callable]:
     out = {}
     for m in (d // 8, d // 4, d // 2):
         out[f"PQ{m}x8"] = f"PQ{m}x8"
-        if m < d // 2:  # OPQ's training at d/2 sub-quantizers takes minutes here
+        if m == d // 8 or (m == d // 4 and d <= 128):  # OPQ's training at more sub-quantizers takes many minutes here
             out[f"OPQ{m},PQ{m}x8"] = f"OPQ{m},PQ{m}x8"
     for m in (d // 4, d // 2):
         out[f"PQ{m}x4"] = f"PQ{m}x4"
