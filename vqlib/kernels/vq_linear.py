@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from vqlib.quantizers.kmeans import kmeans
 from vqlib.quantizers.nearest import nearest
-from vqlib.quantizers.packing import pack_bits, packed_size, unpack_bits
+from vqlib.quantizers.packing import pack_bits, packed_size
 
 from . import vq_triton
 from .vq_triton import LUT_MAX_ROWS
@@ -135,15 +135,23 @@ def vq_dequantize_reference(
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The dense ``(N, J·v)`` weight of a stored layer, computed in fp32, returned in ``dtype`` (the codebook's)."""
-    groups, _, v = codebook.shape
+    groups, k, v = codebook.shape
     n, j = codes.shape
-    rows = torch.arange(n, device=codes.device) // (n // groups)
-    w = codebook.float()[rows[:, None], _unsigned(codes)].reshape(n, j * v)
+    idx = _unsigned(codes)
+    if groups > 1:  # one flat table: group g's codewords start at row g·K
+        idx = idx + (torch.arange(n, device=codes.device) // (n // groups) * k)[:, None]
+    w = F.embedding(idx, codebook.reshape(groups * k, v).float()).reshape(n, j * v)
     if signs is not None:
-        w = torch.where(unpack_bits(signs, 1, j * v).bool(), -w, w)
+        w = torch.where(_unpack_signs(signs, j * v), -w, w)
     if scales is not None:
         w = w * scales.float()[:, None]
     return w.to(dtype or codebook.dtype)
+
+
+def _unpack_signs(signs: torch.Tensor, d: int) -> torch.Tensor:
+    """Packed sign bytes ``(N, ⌈d/8⌉)`` → bool ``(N, d)``, True where negative (pack_bits' 1-bit layout, in uint8 ops)."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=signs.device)
+    return ((signs[..., None] >> shifts) & 1).reshape(signs.shape[0], -1)[:, :d].bool()
 
 
 def vq_linear_reference(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.Tensor:
@@ -185,6 +193,10 @@ def vq_lut_linear_reference(x, codebook, codes, scales=None, bias=None) -> torch
 # fastest, and these constants are to be set from its table.
 LUT_MAX_CODEBOOK = 256  # tables of K fp32 entries per input group; 65536 would not stay in L2
 GEMM_MAX_ROWS = 2048  # above this, dequantise once and let cuBLAS run the GEMM
+# Off the GPU the torch look-up-table path beats dequantise + F.linear only for a single row
+# (benchmarks/bench_kernels.py, 2-core EPYC, 1 thread: 1152→1152 at v = 4, 0.36 ms against 1.4 ms;
+# at M = 8 it was 2× slower).
+CPU_LUT_MAX_ROWS = 1
 
 
 def choose_kernel(m: int, layer: "VQLinear", x_dtype: torch.dtype) -> str:
@@ -415,7 +427,8 @@ class VQLinear(nn.Module):
         on_triton = vq_triton.HAS_TRITON and (x2.is_cuda or vq_triton.INTERPRET)
         if kernel == "auto":
             if not (x2.is_cuda and vq_triton.HAS_TRITON):
-                return "reference"
+                lut = x2.shape[0] <= CPU_LUT_MAX_ROWS and self.signs is None and self.codebook_size <= LUT_MAX_CODEBOOK
+                return "reference-lut" if lut else "reference"
             return choose_kernel(x2.shape[0], self, x2.dtype)
         if kernel.startswith("triton") and not on_triton:
             raise ValueError(f"kernel {kernel!r} needs Triton and a CUDA input (or TRITON_INTERPRET=1 set before triton loads)")
