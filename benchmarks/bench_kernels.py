@@ -143,8 +143,8 @@ def gpu_rows_not_measured() -> list[list]:
     return out
 
 
-GPU_HEAD = ["in→out", "format", "M", "fp16 cuBLAS µs", "gemm µs", "lut µs", "dequant+cuBLAS µs", "auto (kernel) µs",
-            "speed-up of auto; BW fraction at M=1"]  # fmt: skip
+GPU_HEAD = ["in→out", "format", "M", "fp16 cuBLAS µs", "gemm µs", "lut µs", "dequant+cuBLAS µs",
+            "auto (kernel) µs", "speed-up of auto; BW fraction at M=1"]  # fmt: skip
 
 
 def copy_bandwidth() -> float:
@@ -181,7 +181,8 @@ def gpu_part() -> str:
                 for name, fn in runs.items():
                     err = (fn().float() - want).abs().max().item()
                     if err > 1e-2 * want.abs().max().item() + 1e-3:
-                        raise RuntimeError(f"{name} disagrees with the dense result at {d_in}->{d_out} {fmt} M={m}: {err}")
+                        case = f"{d_in}->{d_out} {fmt} M={m}"
+                        raise RuntimeError(f"{name} disagrees with the dense result at {case}: max error {err}")
                     times[name] = do_bench(fn) * 1e3
                 auto = {"triton-gemm": "gemm", "triton-lut": "lut", "triton-dequant": "dequant"}[
                     choose_kernel(m, layer, x.dtype)

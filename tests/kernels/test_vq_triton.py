@@ -99,7 +99,8 @@ def test_module_forward_through_each_kernel(kernel, device):
         torch.rand(18, generator=g) + 0.5, neg, kernel=kernel,
     ).to(device)  # fmt: skip
     x = torch.randn(40, 3, 2, generator=g).permute(2, 1, 0).half().to(device)  # (2, 3, 40), not contiguous
-    want = vq_linear_reference(x.float().reshape(-1, 40), layer.codebook, layer.codes, layer.scales, layer.signs, layer.bias)
+    stored = (layer.codebook, layer.codes, layer.scales, layer.signs, layer.bias)
+    want = vq_linear_reference(x.float().reshape(-1, 40), *stored)
     y = layer(x)
     assert y.shape == (2, 3, 18) and y.dtype == torch.float16
     torch.testing.assert_close(y.float().reshape(-1, 18), want, rtol=2e-3, atol=2e-3)

@@ -149,7 +149,7 @@ def vq_dequantize_reference(
 
 
 def _unpack_signs(signs: torch.Tensor, d: int) -> torch.Tensor:
-    """Packed sign bytes ``(N, ⌈d/8⌉)`` → bool ``(N, d)``, True where negative (pack_bits' 1-bit layout, in uint8 ops)."""
+    """Packed sign bytes ``(N, ⌈d/8⌉)`` → bool ``(N, d)``, True where negative (pack_bits' 1-bit layout)."""
     shifts = torch.arange(8, dtype=torch.uint8, device=signs.device)
     return ((signs[..., None] >> shifts) & 1).reshape(signs.shape[0], -1)[:, :d].bool()
 
@@ -265,7 +265,8 @@ class VQLinear(nn.Module):
         self.register_buffer("codes", torch.zeros(out_features, in_features // vector_size, dtype=cdt, device=device))
         self.register_buffer("scales", torch.ones(out_features, device=device) if scales else None)
         nbytes = packed_size(in_features, 1)
-        self.register_buffer("signs", torch.zeros(out_features, nbytes, dtype=torch.uint8, device=device) if signs else None)
+        packed = torch.zeros(out_features, nbytes, dtype=torch.uint8, device=device) if signs else None
+        self.register_buffer("signs", packed)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
         self._checked_version: tuple | None = None
 
@@ -323,9 +324,11 @@ class VQLinear(nn.Module):
         g, k, v = codebook.shape
         n, d = linear.out_features, linear.in_features
         if codes.shape != (n, d // v) or d % v:
-            raise ValueError(f"codes for a {n}×{d} layer with vector size {v} must have shape {(n, d // v)}, got {tuple(codes.shape)}")
+            need, got = (n, d // v), tuple(codes.shape)
+            raise ValueError(f"codes for a {n}×{d} layer with vector size {v} must have shape {need}, got {got}")
         if signs is not None and (signs.dtype != torch.bool or signs.shape != (n, d)):
-            raise ValueError(f"signs must be a bool (out, in) = {(n, d)} tensor, got {signs.dtype} {tuple(signs.shape)}")
+            got = f"{signs.dtype} {tuple(signs.shape)}"
+            raise ValueError(f"signs must be a bool (out, in) = {(n, d)} tensor, got {got}")
         device = linear.weight.device
         layer = cls(
             d, n, v, k, g, bias=linear.bias is not None, scales=scales is not None, signs=signs is not None,
@@ -411,7 +414,7 @@ class VQLinear(nn.Module):
             y = vq_linear_reference(x2, *self._tensors(), self.bias)
         elif kernel == "reference-lut":
             if self.signs is not None:
-                raise ValueError("the look-up-table path does not support sign bits (a sign per weight breaks the table)")
+                raise ValueError("the look-up-table path does not support sign bits (a sign per weight breaks tables)")
             y = vq_lut_linear_reference(x2, self.codebook, self.codes, self.scales, self.bias)
         elif kernel == "triton-dequant":
             w = vq_triton.dequantize(*self._tensors(), dtype=x.dtype)
@@ -431,7 +434,8 @@ class VQLinear(nn.Module):
                 return "reference-lut" if lut else "reference"
             return choose_kernel(x2.shape[0], self, x2.dtype)
         if kernel.startswith("triton") and not on_triton:
-            raise ValueError(f"kernel {kernel!r} needs Triton and a CUDA input (or TRITON_INTERPRET=1 set before triton loads)")
+            need = "Triton and a CUDA input (or TRITON_INTERPRET=1 set before triton loads)"
+            raise ValueError(f"kernel {kernel!r} needs {need}")
         return kernel
 
 

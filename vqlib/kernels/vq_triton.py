@@ -73,7 +73,8 @@ def _check_layer(codebook, codes, scales, signs, bias=None) -> tuple[int, int, i
         if t is not None and t.shape != (n,):
             raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
     if signs is not None and (signs.dtype != torch.uint8 or signs.shape != (n, (j * v + 7) // 8)):
-        raise ValueError(f"packed signs must be uint8 of shape {(n, (j * v + 7) // 8)}, got {signs.dtype} {tuple(signs.shape)}")
+        need, got = (n, (j * v + 7) // 8), f"{signs.dtype} {tuple(signs.shape)}"
+        raise ValueError(f"packed signs must be uint8 of shape {need}, got {got}")
     _check_device(codebook, codes, scales, signs, bias)
     return g, k, v, n, j * v
 
