@@ -42,6 +42,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_block  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import faiss  # noqa: E402
@@ -50,7 +51,6 @@ from datasets import minilm_embeddings, sift_queries_split  # noqa: E402
 from vqlib.anns import FlatIndex, index_factory, serialize_index, set_num_threads  # noqa: E402
 from vqlib.quantizers import SAQ  # noqa: E402
 
-MARK_BEGIN, MARK_END = "<!-- bench_anns:begin -->", "<!-- bench_anns:end -->"
 K = 10
 
 
@@ -261,19 +261,6 @@ def plot(rows: list[dict], path: Path) -> bool:
     return True
 
 
-def write_between_markers(path: Path, text: str) -> None:
-    from vqlib.io import atomic_write
-
-    doc = path.read_text() if path.exists() else ""
-    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-    if MARK_BEGIN in doc and MARK_END in doc:
-        head, rest = doc.split(MARK_BEGIN, 1)
-        doc = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## ANN search (issue 5)\n\n" + block + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(doc))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="sift,minilm")
@@ -305,7 +292,7 @@ def main() -> None:
         text += f"\n![recall vs QPS]({args.plot})\n"
     print("\n" + text)
     if args.write:
-        write_between_markers(Path(args.write), text)
+        write_block(args.write, "bench_anns", text, heading="## ANN search (issue 5)")
 
 
 if __name__ == "__main__":

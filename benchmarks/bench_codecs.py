@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import faiss  # noqa: E402
+from report import write_block  # noqa: E402
 from datasets import gaussian_decaying, gaussian_rd_mse, minilm_embeddings, sift_descriptors  # noqa: E402
 
 from vqlib.quantizers import CAQ, SAQ  # noqa: E402
 from vqlib.quantizers.saq import default_granularity, plan_code_size, plan_segments  # noqa: E402
 
-MARK_BEGIN, MARK_END = "<!-- bench_codecs:begin -->", "<!-- bench_codecs:end -->"
 
 
 def load(name: str, n_base: int, n_query: int, seed: int = 0):
@@ -244,15 +244,7 @@ def main() -> None:
             f"faiss threads {faiss.omp_get_max_threads()}; torch {torch.__version__}, faiss {faiss.__version__}; "
             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
         )
-        path = Path(args.write)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = f"{MARK_BEGIN}\n{meta}{text}\n{MARK_END}"
-        if MARK_BEGIN in old:
-            head, rest = old.split(MARK_BEGIN, 1)
-            new = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            new = old.rstrip() + "\n\n" + block + "\n"
-        path.write_text(new)
+        write_block(args.write, "bench_codecs", meta + text)
 
 
 if __name__ == "__main__":

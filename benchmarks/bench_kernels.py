@@ -41,10 +41,10 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_block  # noqa: E402
 
 from vqlib.kernels import VQLinear, choose_kernel, vq_triton  # noqa: E402
 
-MARK_BEGIN, MARK_END = "<!-- bench_kernels:begin -->", "<!-- bench_kernels:end -->"
 
 ROWS = [1, 16, 256, 4096]
 SHAPES = [(1152, 1152), (1152, 4608), (4608, 1152), (4096, 4096), (4096, 11008)]  # (in, out)
@@ -239,19 +239,7 @@ def main() -> None:
             f"{versions}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
             f"total wall time {total / 60:.1f} min\n\n"
         )
-        write_block(Path(args.write), meta + text)
-
-
-def write_block(path: Path, block: str) -> None:
-    """Replace the marked block of ``path`` (re-read right now: another job may have written the file) or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{block}\n{MARK_END}"
-    if MARK_BEGIN in old and MARK_END in old.split(MARK_BEGIN, 1)[1]:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
+        write_block(args.write, "bench_kernels", meta + text)
 
 
 if __name__ == "__main__":

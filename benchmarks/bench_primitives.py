@@ -63,6 +63,8 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from report import write_block  # noqa: E402
+
 from vqlib.quantizers import FSQ, FVQ, SimVQ, VectorQuantizer, nearest  # noqa: E402
 
 try:
@@ -80,8 +82,6 @@ DEFAULT_STEPS = 400
 DEMO_STEPS = 60
 DEFAULT_BATCH = 1024
 EVAL_CHUNK = 2048
-MARK_BEGIN = "<!-- bench_primitives:begin -->"
-MARK_END = "<!-- bench_primitives:end -->"
 GIB = 1 << 30
 
 # FSQ paper (arXiv 2309.15505, Table 1) recommended levels for |C| = 2^12, 2^14, 2^16.
@@ -573,23 +573,6 @@ def _status_kib_meminfo() -> float | None:
         return None
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers in ``path`` (appending the section, or creating the file)."""
-    block = f"{MARK_BEGIN}\n{text.rstrip()}\n{MARK_END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_BEGIN in old and MARK_END in old:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
-# ===========================================================================
-# CLI
-# ===========================================================================
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["nearest", "learning", "all"], default="all")
@@ -631,7 +614,7 @@ def main(argv=None) -> None:
     sections.append(f"Total wall time: {(time.perf_counter() - t_start) / 60:.1f} min.")
     print(sections[-1])
     if args.write:
-        write_section(args.write, "\n\n".join(sections))
+        write_block(args.write, "bench_primitives", "\n\n".join(sections))
         print(f"wrote {args.write}")
 
 

@@ -28,8 +28,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import lightning.pytorch as pl  # noqa: E402
+from report import write_block  # noqa: E402
 
 from vqlib.quantizers import FSQ, FVQ, Quantizer, QuantizerOutput, SimVQ, VectorQuantizer  # noqa: E402
 from vqlib.tokenizers import VQTokenizer  # noqa: E402
@@ -37,7 +39,6 @@ from vqlib.tokenizers.data import SkimageDataModule  # noqa: E402
 from vqlib.tokenizers.module import TokenizerModule  # noqa: E402
 
 Z = 64
-MARK_BEGIN, MARK_END = "<!-- bench_tokenizers:begin -->", "<!-- bench_tokenizers:end -->"
 
 
 class AnchorVQ(Quantizer):
@@ -151,15 +152,7 @@ def main() -> None:
             f"Command: `{cmd}`\n\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
             f"torch {torch.__version__}, lightning {pl.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
         )
-        path = Path(args.write)
-        old = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = f"{MARK_BEGIN}\n{meta}{text}\n{MARK_END}"
-        if MARK_BEGIN in old:
-            head, rest = old.split(MARK_BEGIN, 1)
-            new = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            new = old.rstrip() + "\n\n" + block + "\n"
-        path.write_text(new)
+        write_block(args.write, "bench_tokenizers", meta + text)
 
 
 if __name__ == "__main__":

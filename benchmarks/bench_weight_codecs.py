@@ -44,11 +44,11 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_block  # noqa: E402
 
 from vqlib.quantizers.lr2vq import compress_model, compression_report, decompress_model, finetune  # noqa: E402
 from vqlib.quantizers.pvq import PyramidVQ, pvq_quantize_weight  # noqa: E402
 
-MARK_BEGIN, MARK_END = "<!-- bench_weight_codecs:begin -->", "<!-- bench_weight_codecs:end -->"
 
 
 def md_table(head: list[str], rows: list[list]) -> str:
@@ -438,18 +438,6 @@ def lr2vq_cnn(seeds: int) -> str:
 # ---- main --------------------------------------------------------------------------------
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replace the marked block of ``path`` (re-read right now: another job may have written the file) or append it."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{MARK_BEGIN}\n{block}\n{MARK_END}"
-    if MARK_BEGIN in old and MARK_END in old.split(MARK_BEGIN, 1)[1]:
-        head, rest = old.split(MARK_BEGIN, 1)
-        new = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["pvq", "lr2vq", "all"], default="all")
@@ -485,7 +473,7 @@ def main() -> None:
             f"{versions}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
             f"total wall time {total / 60:.1f} min\n\n"
         )
-        write_block(Path(args.write), meta + text)
+        write_block(args.write, "bench_weight_codecs", meta + text)
 
 
 if __name__ == "__main__":
