@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--results", default="runs/bench_anns.json")
     parser.add_argument("--plot", default="runs/bench_anns.png")
     parser.add_argument("--write", default=None, help="replace the bench_anns block of this markdown file")
+    parser.add_argument("--block", default="bench_anns", help="name of the marked block --write replaces")
     args = parser.parse_args()
     if args.quick:
         args.base, args.queries, args.nlist, args.nprobe, args.bits, args.threads, args.repeats = 10000, 200, 64, "1,4,16", "4", "1", 1
@@ -292,7 +293,7 @@ def main() -> None:
         text += f"\n![recall vs QPS]({args.plot})\n"
     print("\n" + text)
     if args.write:
-        write_block(args.write, "bench_anns", text, heading="## ANN search (issue 5)")
+        write_block(args.write, args.block, text, heading="## ANN search (issue 5)")
 
 
 if __name__ == "__main__":
