@@ -25,6 +25,8 @@ some query of the group still needs. Lists are visited in rounds of probe rank
 
 from __future__ import annotations
 
+import inspect
+
 import time
 
 import torch
@@ -372,22 +374,9 @@ class IVFSAQIndex(Index):
 
     @classmethod
     def _construct(cls, params):
-        return cls(
-            params["d"],
-            params["nlist"],
-            params["bits"],
-            metric=params["metric"],
-            nprobe=params["nprobe"],
-            refine=params["refine"],
-            k_factor=params["k_factor"],
-            bound_m=params["bound_m"],
-            granularity=params["granularity"],
-            rounds=params["rounds"],
-            seed=params["seed"],
-            kmeans_iters=params["kmeans_iters"],
-            max_train_per_list=params["max_train_per_list"],
-        )
-
+        # the saved parameters are the constructor's (a subclass takes a subset of them)
+        names = inspect.signature(cls.__init__).parameters
+        return cls(**{k: v for k, v in params.items() if k in names})
 
 def _exact(x, v, metric):
     """Exact scores of queries ``x`` (nq, d) against their own candidates ``v`` (nq, c, d)."""

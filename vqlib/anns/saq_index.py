@@ -51,17 +51,3 @@ class SAQIndex(IVFSAQIndex):
 
     def _assign(self, x):
         return torch.zeros(len(x), dtype=torch.int64)
-
-    @classmethod
-    def _construct(cls, params):
-        return cls(
-            params["d"],
-            params["bits"],
-            metric=params["metric"],
-            refine=params["refine"],
-            k_factor=params["k_factor"],
-            bound_m=params["bound_m"],
-            granularity=params["granularity"],
-            rounds=params["rounds"],
-            seed=params["seed"],
-        )
