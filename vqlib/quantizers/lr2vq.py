@@ -280,7 +280,29 @@ def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)
 
 
-class LR2VQLinear(nn.Module):
+class _LR2VQLayer(nn.Module):
+    """What the Linear and Conv2d layers share: the compressed weight ``vq``, the bias, fitting from a dense layer."""
+
+    vq: LR2VQWeight
+
+    def _init_bias(self, bias: bool, size: int, device, dtype) -> None:
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(size, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def _fit_from(self, layer: nn.Module, kmeans_iters: int, generator: torch.Generator | None):
+        self.vq.fit_(layer.weight, kmeans_iters, generator)
+        if layer.bias is not None:
+            self.bias.data.copy_(layer.bias.detach())
+        return self
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.vq.compression_ratio
+
+
+class LR2VQLinear(_LR2VQLayer):
     """``nn.Linear`` whose weight is an :class:`LR2VQWeight` (subvectors along ``in_features``)."""
 
     def __init__(
@@ -297,10 +319,7 @@ class LR2VQLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.vq = LR2VQWeight(out_features, in_features, m, rank, k, "in_features", device, dtype)
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, out_features, device, dtype)
 
     @classmethod
     def from_module(
@@ -316,18 +335,11 @@ class LR2VQLinear(nn.Module):
             raise ValueError(f"expected an nn.Linear, got {type(layer).__name__}")
         w = layer.weight
         new = cls(layer.in_features, layer.out_features, m, rank, k, layer.bias is not None, w.device, w.dtype)
-        new.vq.fit_(w, kmeans_iters, generator)
-        if layer.bias is not None:
-            new.bias.data.copy_(layer.bias.detach())
-        return new
+        return new._fit_from(layer, kmeans_iters, generator)
 
     @property
     def weight(self) -> torch.Tensor:
         return self.vq()
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.vq.compression_ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
@@ -336,7 +348,7 @@ class LR2VQLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class LR2VQConv2d(nn.Module):
+class LR2VQConv2d(_LR2VQLayer):
     """``nn.Conv2d`` whose weight is an :class:`LR2VQWeight` (subvectors along ``in/groups·kh·kw``)."""
 
     def __init__(
@@ -365,10 +377,7 @@ class LR2VQConv2d(nn.Module):
         self.groups = groups
         cols = in_channels // groups * kh * kw
         self.vq = LR2VQWeight(out_channels, cols, m, rank, k, "in_channels/groups·kh·kw", device, dtype)
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_channels, device=device, dtype=dtype))
-        else:
-            self.register_parameter("bias", None)
+        self._init_bias(bias, out_channels, device, dtype)
 
     @classmethod
     def from_module(
@@ -389,18 +398,11 @@ class LR2VQConv2d(nn.Module):
             layer.in_channels, layer.out_channels, layer.kernel_size, m, rank, k, layer.stride, layer.padding,
             layer.dilation, layer.groups, layer.bias is not None, w.device, w.dtype,
         )  # fmt: skip
-        new.vq.fit_(w, kmeans_iters, generator)
-        if layer.bias is not None:
-            new.bias.data.copy_(layer.bias.detach())
-        return new
+        return new._fit_from(layer, kmeans_iters, generator)
 
     @property
     def weight(self) -> torch.Tensor:
         return self.vq().reshape(self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-
-    @property
-    def compression_ratio(self) -> float:
-        return self.vq.compression_ratio
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
