@@ -200,11 +200,15 @@ def _relax(dst, dst_choice, src, cost, err, i, b):
         dst_choice[cost:][better] = (i, b)
 
 
+def plan_num_factors(plan: list[tuple[int, int]]) -> int:
+    """float32 factors per vector: two per coded segment, one for a dropped tail."""
+    coded = sum(1 for _, b in plan if b > 0)
+    return 2 * coded + (1 if coded < len(plan) else 0)
+
+
 def plan_code_size(plan: list[tuple[int, int]]) -> int:
     """Bytes per vector that a plan stores: packed codes of each coded segment plus float32 factors."""
-    coded = [(length, b) for length, b in plan if b > 0]
-    factors = 2 * len(coded) + (1 if len(coded) < len(plan) else 0)
-    return sum(packed_size(length, b) for length, b in coded) + 4 * factors
+    return sum(packed_size(length, b) for length, b in plan if b > 0) + 4 * plan_num_factors(plan)
 
 
 def default_granularity(dim: int) -> int:
@@ -327,9 +331,6 @@ class SAQ(nn.Module):
         """Stored bits per dimension, factors included."""
         return 8 * self.code_size / self.dim
 
-    def _num_factors(self) -> int:
-        return 2 * sum(1 for _, b in self.plan if b > 0) + (1 if any(b == 0 for _, b in self.plan) else 0)
-
     # ---- encode / decode ---------------------------------------------------
 
     def _segments(self):
@@ -437,7 +438,7 @@ class SAQ(nn.Module):
     def _check_codes(self, codes: SAQCodes) -> None:
         self._require_trained()
         coded = [(length, b) for length, b in self.plan if b > 0]
-        if len(codes.packed) != len(coded) or codes.factors.shape != (codes.n, self._num_factors()):
+        if len(codes.packed) != len(coded) or codes.factors.shape != (codes.n, plan_num_factors(self.plan)):
             raise ValueError("codes were not produced by this codec (segment plan differs)")
         for p, (length, b) in zip(codes.packed, coded):
             if p.shape != (codes.n, packed_size(length, b)):
