@@ -20,9 +20,7 @@ Gaussian data the gap of the MSE to the rate–distortion bound at the same bits
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import faiss  # noqa: E402
-from report import write_block  # noqa: E402
+from report import machine_line, write_block  # noqa: E402
 from datasets import gaussian_decaying, gaussian_rd_mse, minilm_embeddings, sift_descriptors  # noqa: E402
 
 from vqlib.quantizers import CAQ, SAQ  # noqa: E402
@@ -240,9 +238,11 @@ def main() -> None:
         cmd = "python benchmarks/bench_codecs.py " + " ".join(sys.argv[1:])
         meta = (
             f"Command: `{cmd}` ({args.base} base vectors, {args.queries} queries per set)\n\n"
-            f"Machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-            f"faiss threads {faiss.omp_get_max_threads()}; torch {torch.__version__}, faiss {faiss.__version__}; "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+            + machine_line(
+                f"torch threads {torch.get_num_threads()}, faiss threads {faiss.omp_get_max_threads()}",
+                f"torch {torch.__version__}, faiss {faiss.__version__}",
+            )
+            + "\n\n"
         )
         write_block(args.write, "bench_codecs", meta + text)
 

@@ -29,8 +29,6 @@ checks their results agree, and the GPU rows are written as "not measured yet".
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,7 +39,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from report import write_block  # noqa: E402
+from report import machine_line, write_block  # noqa: E402
 
 from vqlib.kernels import VQLinear, choose_kernel, vq_triton  # noqa: E402
 
@@ -235,9 +233,8 @@ def main() -> None:
         meta = (
             "## Codebook-lookup kernels (issue 6)\n\n"
             f"Command: `{cmd.strip()}`\n\n"
-            f"Machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
-            f"{versions}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-            f"total wall time {total / 60:.1f} min\n\n"
+            + machine_line(f"torch threads {torch.get_num_threads()}", versions)
+            + f"; total wall time {total / 60:.1f} min\n\n"
         )
         write_block(args.write, "bench_kernels", meta + text)
 

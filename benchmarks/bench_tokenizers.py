@@ -10,15 +10,13 @@ EMA model is validated: PSNR, SSIM (data range 1), codebook usage and
 perplexity over the whole validation set, bits per pixel, and rFID (FID
 Inception features of the validation crops and their reconstructions).
 
-    python benchmarks/bench_tokenizers.py --steps 1000 --disc-start 600 --threads 1 --write BENCHMARKS.md
+    python benchmarks/bench_tokenizers.py --steps 600 --disc-start 400 --threads 1 --write BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 import time
 import warnings
@@ -31,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import lightning.pytorch as pl  # noqa: E402
-from report import write_block  # noqa: E402
+from report import machine_line, write_block  # noqa: E402
 
 from vqlib.quantizers import FSQ, FVQ, Quantizer, QuantizerOutput, SimVQ, VectorQuantizer  # noqa: E402
 from vqlib.tokenizers import VQTokenizer  # noqa: E402
@@ -118,8 +116,8 @@ def table(rows: list[dict], steps: int, disc_start: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=1000, help="training batches per run")
-    p.add_argument("--disc-start", type=int, default=600, help="batch from which the PatchGAN loss is on")
+    p.add_argument("--steps", type=int, default=600, help="training batches per run")
+    p.add_argument("--disc-start", type=int, default=400, help="batch from which the PatchGAN loss is on")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--runs", nargs="+", default=list(RUNS))
     p.add_argument("--results", default="runs/bench_tokenizers.json")
@@ -149,8 +147,9 @@ def main() -> None:
     if args.write:
         cmd = "python benchmarks/bench_tokenizers.py " + " ".join(sys.argv[1:])
         meta = (
-            f"Command: `{cmd}`\n\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
-            f"torch {torch.__version__}, lightning {pl.__version__}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+            f"Command: `{cmd}`\n\n"
+            + machine_line(f"{torch.get_num_threads()} threads", f"torch {torch.__version__}, lightning {pl.__version__}")
+            + "\n\n"
         )
         write_block(args.write, "bench_tokenizers", meta + text)
 

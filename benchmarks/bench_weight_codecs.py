@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,7 +42,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from report import write_block  # noqa: E402
+from report import machine_line, write_block  # noqa: E402
 
 from vqlib.quantizers.lr2vq import compress_model, compression_report, decompress_model, finetune  # noqa: E402
 from vqlib.quantizers.pvq import PyramidVQ, pvq_quantize_weight  # noqa: E402
@@ -469,9 +467,8 @@ def main() -> None:
         meta = (
             "## Weight codecs: Pyramid VQ and LR²VQ\n\n"
             f"Command: `{cmd.strip()}`\n\n"
-            f"Machine: {platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}; "
-            f"{versions}; {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-            f"total wall time {total / 60:.1f} min\n\n"
+            + machine_line(f"torch threads {torch.get_num_threads()}", versions)
+            + f"; total wall time {total / 60:.1f} min\n\n"
         )
         write_block(args.write, "bench_weight_codecs", meta + text)
 

@@ -27,3 +27,12 @@ def write_block(path: str | Path, name: str, text: str, heading: str | None = No
     else:
         new = old.rstrip() + "\n\n" + (f"{heading}\n\n" if heading else "") + block + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(new))
+
+
+def machine_line(threads: str, versions: str) -> str:
+    """``Machine: <cpu>, <threads>; <versions>; <UTC date>`` for the header of a benchmark block."""
+    import datetime
+    import platform
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return f"Machine: {platform.processor() or platform.machine()}, {threads}; {versions}; {now:%Y-%m-%d %H:%M} UTC"

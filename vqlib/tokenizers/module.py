@@ -135,7 +135,7 @@ class TokenizerModule(pl.LightningModule):
             g_loss = hinge_g_loss(self.discriminator(recon))
             weight = hp.disc_weight * self._adaptive_weight(nll, g_loss) if hp.get("disc_weight_mode", "fixed") == "adaptive" else hp.disc_weight
             loss_g = loss_g + weight * g_loss
-            self.log("train/disc_weight", float(weight))
+            self.log("train/disc_weight", weight)  # a tensor: no device sync in the training step
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         if hp.grad_clip > 0:
