@@ -77,11 +77,6 @@ class FIDFeatures:
     def model(self) -> torch.nn.Module | None:
         return None if self.helper is None else self.helper.model
 
-    def to(self, device: str | torch.device) -> FIDFeatures:
-        if self.helper is not None:
-            self.helper.change_device(device)
-        return self
-
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` images in ``[0, 1]`` → ``(N, 2048)`` float64 features (quantised to 8 bits first, like saved images)."""
