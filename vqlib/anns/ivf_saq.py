@@ -106,10 +106,9 @@ class IVFSAQIndex(Index):
 
     def _train(self, x):
         g = torch.Generator().manual_seed(self.seed)
-        centroids = self._train_coarse(x, g)
-        _, assign = nearest(x, centroids, k=1)
+        centroids, assign, _ = self._train_coarse(x, g)
         saq = SAQ(self.d, self.bits, granularity=self.granularity, rounds=self.rounds, seed=self.seed)
-        saq.fit(x - centroids[assign[:, 0]])
+        saq.fit(x - centroids[assign])
         self.centroids, self.saq = centroids, saq  # only once everything succeeded
         self.codes = saq.encode(torch.zeros(0, self.d))
         self._cache = None
@@ -118,8 +117,7 @@ class IVFSAQIndex(Index):
         if len(x) < self.nlist:
             raise ValueError(f"need at least nlist={self.nlist} training vectors, got {len(x)}")
         cap = self.max_train_per_list * self.nlist
-        sample = x[torch.randperm(len(x), generator=g)[:cap]] if len(x) > cap else x
-        return kmeans(sample, self.nlist, iters=self.kmeans_iters, generator=g)[0]
+        return kmeans(x, self.nlist, iters=self.kmeans_iters, generator=g, max_samples=cap)
 
     def _assign(self, x):
         return nearest(x, self.centroids, k=1)[1][:, 0]

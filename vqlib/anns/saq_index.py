@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..quantizers import KMeansResult
 from .ivf_saq import IVFSAQIndex
 
 __all__ = ["SAQIndex"]
@@ -47,7 +48,8 @@ class SAQIndex(IVFSAQIndex):
         return self.saq.code_size + 8
 
     def _train_coarse(self, x, g):
-        return torch.zeros(1, self.d)  # one list around the origin: SAQ centres the data itself
+        # one list around the origin: SAQ centres the data itself
+        return KMeansResult(torch.zeros(1, self.d), torch.zeros(len(x), dtype=torch.int64), torch.full((1,), float(len(x))))
 
     def _assign(self, x):
         return torch.zeros(len(x), dtype=torch.int64)

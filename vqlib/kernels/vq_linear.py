@@ -479,11 +479,7 @@ def quantize_linear(
     books, codes = [], []
     for g in range(num_codebooks):
         sub = w[g * rows : (g + 1) * rows].reshape(-1, vector_size)
-        fit = sub
-        if max_samples is not None and sub.shape[0] > max_samples:
-            pick = torch.randperm(sub.shape[0], generator=generator, device="cpu")[:max_samples]
-            fit = sub[pick.to(sub.device)]
-        book, _ = kmeans(fit, codebook_size, iters=iters, generator=generator)
+        book = kmeans(sub, codebook_size, iters=iters, generator=generator, max_samples=max_samples).centroids
         book = book.to(codebook_dtype)  # assign against the codewords as they will be stored
         codes.append(nearest(sub, book.float())[1][:, 0].reshape(rows, d // vector_size))
         books.append(book)

@@ -3,7 +3,7 @@
 from .base import GRADIENTS, Quantizer, QuantizerOutput, Usage
 from .fsq import FSQ
 from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
-from .kmeans import kmeans
+from .kmeans import KMeansResult, kmeans, subsample
 from .lr2vq import (
     LR2VQConv2d,
     LR2VQLayerReport,
@@ -38,6 +38,7 @@ __all__ = [
     "FSQ",
     "FVQ",
     "GRADIENTS",
+    "KMeansResult",
     "LR2VQConv2d",
     "LR2VQLayerReport",
     "LR2VQLinear",
@@ -72,5 +73,6 @@ __all__ = [
     "pvq_quantize_weight",
     "pvq_size",
     "pvq_words",
+    "subsample",
     "unpack_bits",
 ]

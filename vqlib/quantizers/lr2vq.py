@@ -212,9 +212,7 @@ class LR2VQWeight(nn.Module):
             centroids, assign = torch.cat([centroids, pad]), inverse
         else:
             r = x @ proj.T
-            centroids, _ = kmeans(r, self.k, iters=kmeans_iters, generator=generator)
-            # kmeans' last assignment predates its last centroid update
-            assign = nearest(r, centroids)[1][:, 0]
+            centroids, assign, _ = kmeans(r, self.k, iters=kmeans_iters, generator=generator)
         self.centroids.copy_(centroids)
         self.proj.copy_(proj)
         self._set_assign(assign)

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Quantizer, mse, all_gather_rows, all_reduce_sum, broadcast_, distributed_world
-from .kmeans import kmeans
+from .kmeans import kmeans, subsample
 from .nearest import nearest
 
 __all__ = ["VectorQuantizer"]
@@ -181,12 +181,11 @@ class VectorQuantizer(Quantizer):
             return
         local = torch.cat(self._kmeans_buffer)
         self._kmeans_buffer = []
+        # each rank caps its own rows before the gather, so no rank holds more than the cap
         cap = max(1, self.kmeans_max_samples // distributed_world())
-        if local.shape[0] > cap:
-            pick = torch.randperm(local.shape[0], generator=_generator(self.seed, 1), device="cpu")[:cap]
-            local = local[pick.to(local.device)]
+        local = subsample(local, cap, _generator(self.seed, 1))
         data = all_gather_rows(local)
-        centroids, counts = kmeans(
+        centroids, _, counts = kmeans(
             data, self.codebook_size, self.kmeans_iters, metric=self.metric, generator=_generator(self.seed, 2)
         )
         broadcast_(centroids)
