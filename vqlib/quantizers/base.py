@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import ConfigMixin
 from .nearest import nearest
 
 __all__ = ["GeneratedCodebookQuantizer", "Quantizer", "QuantizerOutput", "Usage", "GRADIENTS"]
@@ -155,7 +156,7 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     return t
 
 
-class Quantizer(nn.Module):
+class Quantizer(ConfigMixin, nn.Module):
     """Base class: validation, layout, projections, gradient estimator, usage accounting.
 
     Args:
@@ -169,48 +170,6 @@ class Quantizer(nn.Module):
         gradient: ``"ste"`` (straight-through) or ``"rotation"`` (rotation trick).
         check_finite: raise on NaN/inf input (one reduction; turn off on hot paths).
     """
-
-    def __init_subclass__(cls, **kwargs):
-        # Record each subclass's constructor arguments so that a quantizer can be
-        # exported as JSON (``config``) and rebuilt (``from_config``) without pickle.
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-
-        @functools.wraps(init)
-        def recording_init(self, *args, **kw):
-            if "_init_config" not in self.__dict__:
-                bound = inspect.signature(init).bind(self, *args, **kw)
-                bound.apply_defaults()
-                arguments = dict(bound.arguments)
-                arguments.pop("self")
-                object.__setattr__(self, "_init_config", {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": arguments})
-            init(self, *args, **kw)
-
-        cls.__init__ = recording_init
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """``{"class_path": ..., "init_args": {...}}``: JSON-serialisable constructor arguments."""
-        return {"class_path": self._init_config["class_path"], "init_args": dict(self._init_config["init_args"])}
-
-    @staticmethod
-    def from_config(config: dict[str, Any]) -> "Quantizer":
-        """Build a quantizer from :attr:`config` (the jsonargparse ``class_path``/``init_args`` form)."""
-        if not isinstance(config, dict) or "class_path" not in config:
-            raise ValueError(f"expected a dict with 'class_path' and 'init_args', got {config!r}")
-        path = config["class_path"]
-        if "." not in path:
-            path = f"vqlib.quantizers.{path}"
-        module_name, _, name = path.rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"unknown quantizer {config['class_path']!r}: {err}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
-            raise ValueError(f"{config['class_path']!r} is not a vqlib Quantizer")
-        return cls(**config.get("init_args", {}))
 
     def __init__(
         self,
