@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: demo demo-primitives test test-slow bench install clean
+.PHONY: demo demo-primitives lint test test-slow bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,10 @@ demo: $(STAMP)
 demo-primitives: $(STAMP)
 	$(PY) benchmarks/bench_primitives.py --demo
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check vqlib tests benchmarks
+
+test: lint
 	$(PY) -m pytest -n 2 -q
 
 test-slow: $(STAMP)

@@ -36,10 +36,28 @@ def test_save_and_load_pretrained(tmp_path, tokenizer):
     files = sorted(p.name for p in (tmp_path / "tok").iterdir())
     assert files == ["config.json", "model.safetensors"]  # no temporary files left behind
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
-    assert meta["version"] == 1 and meta["config"]["quantizer"]["class_path"] == "vqlib.quantizers.fsq.FSQ"
+    # vqlib's one save format (vqlib.quantizers.config): version, class path, recorded arguments
+    assert meta["format_version"] == 1 and meta["class_path"] == "vqlib.tokenizers.model.VQTokenizer"
+    assert meta["init_args"]["quantizer"]["class_path"] == "vqlib.quantizers.fsq.FSQ"
     loaded = VQTokenizer.from_pretrained(tmp_path / "tok")
     x = torch.rand(1, 3, 16, 16) * 2 - 1
     assert torch.equal(loaded(x)[0], tokenizer(x)[0])
+
+
+def test_version_1_tokenizer_exports_still_load(tmp_path, tokenizer):
+    # the layout vqlib 0.1 wrote before the shared ConfigMixin format
+    tokenizer.eval()
+    d = tokenizer.save_pretrained(tmp_path / "tok")
+    meta = json.loads((d / "config.json").read_text())
+    legacy = {"format": "vqlib.tokenizer", "version": 1, "class": "VQTokenizer", "config": meta["init_args"],
+              "weights": meta["weights"]}  # fmt: skip
+    (d / "config.json").write_text(json.dumps(legacy))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    assert torch.equal(VQTokenizer.from_pretrained(d)(x)[0], tokenizer(x)[0])
+    legacy["version"] = 2
+    (d / "config.json").write_text(json.dumps(legacy))
+    with pytest.raises(ValueError, match="format version 2; this vqlib reads up to 1"):
+        VQTokenizer.from_pretrained(d)
 
 
 def test_corrupt_export_is_refused(tmp_path, tokenizer):

@@ -1,6 +1,8 @@
 """Codebook primitives: one contract (:class:`Quantizer`) for every method."""
 
 from .base import GRADIENTS, Quantizer, QuantizerOutput, Usage
+from .codec import Codec, CodesMismatchError, NotFittedError
+from .config import ConfigMixin, PretrainedFileError
 from .fsq import FSQ
 from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
 from .kmeans import KMeansResult, kmeans, subsample
@@ -35,6 +37,9 @@ from .vq import VectorQuantizer
 
 __all__ = [
     "CAQ",
+    "Codec",
+    "CodesMismatchError",
+    "ConfigMixin",
     "FSQ",
     "FVQ",
     "GRADIENTS",
@@ -45,8 +50,10 @@ __all__ = [
     "LR2VQReport",
     "LR2VQWeight",
     "METRICS",
+    "NotFittedError",
     "PVQCodes",
     "PVQWeight",
+    "PretrainedFileError",
     "PyramidVQ",
     "Quantizer",
     "QuantizerOutput",

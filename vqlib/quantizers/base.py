@@ -19,23 +19,20 @@ Subclasses implement three hooks on flattened fp32 data in the codebook space
 
 from __future__ import annotations
 
-import functools
-import importlib
-import inspect
 import math
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ConfigMixin
+from .distributed import all_reduce_sum
+from .estimators import ESTIMATORS, GRADIENTS
 from .nearest import nearest
 
 __all__ = ["GeneratedCodebookQuantizer", "Quantizer", "QuantizerOutput", "Usage", "GRADIENTS"]
 
-GRADIENTS = ("ste", "rotation")
 
 # The implicit codebook of a grid quantizer is materialised only below this size.
 _MAX_CODEBOOK_BYTES = 1 << 30
@@ -65,49 +62,6 @@ class Usage(NamedTuple):
     total: int
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward returns ``codes`` bit-exactly; the gradient passes to ``z`` unchanged.
-
-    ``z + (codes − z).detach()`` would carry the same gradient but round the
-    forward value, breaking ``decode(encode(x)) == forward(x)``.
-    """
-
-    @staticmethod
-    def forward(ctx, z, codes):
-        return codes.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _RotationTrick(torch.autograd.Function):
-    """Rotation trick (Fifty et al. 2024, arXiv 2410.06424).
-
-    Forward returns ``codes``; backward sends the gradient through the fixed map
-    ``λ R`` that takes ``z`` onto ``codes``: ``R = I − 2 w wᵀ + 2 q̂ ẑᵀ`` with
-    ``ẑ = z/‖z‖``, ``q̂ = q/‖q‖``, ``w = (ẑ + q̂)/‖ẑ + q̂‖`` and ``λ = ‖q‖/‖z‖``, so
-    ``∂L/∂z = λ Rᵀ g = λ (g − 2 w (wᵀg) + 2 ẑ (q̂ᵀg))``.
-    """
-
-    @staticmethod
-    def forward(ctx, z, codes):
-        ctx.save_for_backward(z, codes)
-        return codes.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, q = ctx.saved_tensors
-        eps = 1e-6
-        z_norm = z.norm(dim=-1, keepdim=True).clamp_min(eps)
-        q_norm = q.norm(dim=-1, keepdim=True).clamp_min(eps)
-        z_hat, q_hat = z / z_norm, q / q_norm
-        w = F.normalize(z_hat + q_hat, dim=-1, eps=eps)
-        g = grad.to(z.dtype)
-        rt_g = g - 2 * w * (w * g).sum(-1, keepdim=True) + 2 * z_hat * (q_hat * g).sum(-1, keepdim=True)
-        return (q_norm / z_norm) * rt_g, None
-
-
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean squared error that is 0 (not NaN) for an empty batch."""
     return F.mse_loss(a, b) if a.numel() else (a.sum() + b.sum()) * 0.0
@@ -118,42 +72,6 @@ def _like_weights(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     if isinstance(layer, nn.Linear) and not torch.is_autocast_enabled(x.device.type):
         return x.to(layer.weight.dtype)
     return x
-
-
-def distributed_world() -> int:
-    """World size when ``torch.distributed`` is initialised, else 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place sum over ranks (no-op without ``torch.distributed``)."""
-    if distributed_world() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate a ``(n_rank, ...)`` tensor from every rank in rank order; n may differ per rank."""
-    world = distributed_world()
-    if world == 1:
-        return t
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s.item()) for s in sizes]
-    padded = t.new_zeros((max(sizes), *t.shape[1:]))
-    padded[: t.shape[0]] = t
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-
-def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
-    if distributed_world() > 1:
-        dist.broadcast(t, src)
-    return t
 
 
 class Quantizer(ConfigMixin, nn.Module):
@@ -230,7 +148,7 @@ class Quantizer(ConfigMixin, nn.Module):
             z = z.float()
             pre, codes, indices, loss = self._quantize(z.reshape(-1, self.codebook_dim))
             if torch.is_grad_enabled() and pre.requires_grad:
-                estimator = _RotationTrick if self.gradient == "rotation" else _StraightThrough
+                estimator = ESTIMATORS[self.gradient]
                 codes = estimator.apply(pre, codes.detach())
             else:
                 # the output never carries gradient into the codebook (only ``loss`` does)

@@ -149,6 +149,11 @@ class ConfigMixin:
             raise NotImplementedError(f"{type(self).__name__} must define _load_pretrained_state")
         self.load_state_dict({**tensors, **extra}, strict=True)
 
+    @classmethod
+    def _upgrade_meta(cls, meta: Any) -> Any:
+        """Hook: turn an older class-specific ``config.json`` layout into this one."""
+        return meta
+
     # ---- save / load ----------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
@@ -193,7 +198,7 @@ class ConfigMixin:
         if not cfg_path.is_file():
             raise PretrainedFileError(f"{directory} holds no {CONFIG_NAME}: not a folder written by save_pretrained")
         try:
-            meta = json.loads(cfg_path.read_text())
+            meta = cls._upgrade_meta(json.loads(cfg_path.read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise PretrainedFileError(f"{cfg_path} is not valid JSON: {err}") from None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT or "class_path" not in meta:
@@ -208,7 +213,7 @@ class ConfigMixin:
             raise PretrainedFileError(f"missing weights file {weights}")
         if sha256(weights) != meta["weights"]["sha256"]:
             raise PretrainedFileError(
-                f"{weights} does not match the SHA-256 in {cfg_path}: the file is damaged or was changed"
+                f"{weights} does not match the checksum (SHA-256) in {cfg_path}: the file is damaged or was changed"
             )
         try:
             obj = cls.from_config({"class_path": meta["class_path"], "init_args": meta.get("init_args", {})})
@@ -250,4 +255,6 @@ def _local_folder(path: str | os.PathLike, hub_kwargs: dict) -> Path:
                 f"{text!r} is not a local folder; to load it from the hub, pip install huggingface_hub"
             ) from None
         return Path(snapshot_download(repo_id=text, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME], **hub_kwargs))
-    raise PretrainedFileError(f"{text} is not a folder: pass the folder save_pretrained wrote, or a hub repo id")
+    raise PretrainedFileError(
+        f"{text} is not a folder, so it holds no {CONFIG_NAME}: pass the folder save_pretrained wrote, or a hub repo id"
+    )

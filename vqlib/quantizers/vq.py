@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Quantizer, mse, all_gather_rows, all_reduce_sum, broadcast_, distributed_world
+from .base import Quantizer, mse
+from .distributed import all_gather_rows, all_reduce_sum, broadcast_, distributed_world
 from .kmeans import kmeans, subsample
 from .nearest import nearest
 

@@ -8,32 +8,26 @@ are the quantizer's own ``codebook_dim`` projections here
 (``VectorQuantizer(dim=z_channels, codebook_dim=8, metric="cosine")``).
 
 Images are ``(B, 3, H, W)`` in ``[-1, 1]``. Exported with
-:meth:`VQTokenizer.save_pretrained`: ``config.json`` plus ``model.safetensors``
+:meth:`VQTokenizer.save_pretrained` (vqlib's one save format, see
+:mod:`vqlib.quantizers.config`): ``config.json`` plus ``model.safetensors``
 (no pickle), the JSON carrying a format version and the weights' SHA-256.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from ..io import atomic_write, sha256
-from ..quantizers import Quantizer, QuantizerOutput
+from ..quantizers import ConfigMixin, PretrainedFileError, Quantizer, QuantizerOutput
 from .layers import Decoder, Encoder
 
-__all__ = ["VQTokenizer", "FORMAT_VERSION"]
-
-FORMAT_VERSION = 1
-_CONFIG = "config.json"
-_WEIGHTS = "model.safetensors"
+__all__ = ["VQTokenizer"]
 
 
-class VQTokenizer(nn.Module):
+
+class VQTokenizer(ConfigMixin, nn.Module):
     """Discrete image tokenizer.
 
     Args:
@@ -103,53 +97,21 @@ class VQTokenizer(nn.Module):
     def bits_per_pixel(self) -> float:
         return self.quantizer.bits_per_index / self.downsample**2
 
-    # ---- export -----------------------------------------------------------
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return {**self.arch, "quantizer": self.quantizer.config}
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (atomically, each via a temporary file)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        weights = directory / _WEIGHTS
-        atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "vqlib.tokenizer"}))
-        meta = {
-            "format": "vqlib.tokenizer",
-            "version": FORMAT_VERSION,
-            "class": "VQTokenizer",
-            "config": self.config,
-            "weights": {"file": _WEIGHTS, "sha256": sha256(weights)},
-        }
-        atomic_write(directory / _CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
-        return directory
+    # ---- export: save_pretrained / from_pretrained come from ConfigMixin ----
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VQTokenizer":
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        cfg_path = directory / _CONFIG
-        if not cfg_path.is_file():
-            raise ValueError(f"{directory} holds no {_CONFIG}: not a vqlib tokenizer export")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from None
-        if meta.get("format") != "vqlib.tokenizer":
-            raise ValueError(f"{cfg_path} is not a vqlib tokenizer config (format={meta.get('format')!r})")
-        if meta.get("version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{cfg_path} has format version {meta['version']}; this vqlib reads up to {FORMAT_VERSION}")
-        weights = directory / meta["weights"]["file"]
-        if not weights.is_file():
-            raise ValueError(f"missing weights file {weights}")
-        if sha256(weights) != meta["weights"]["sha256"]:
-            raise ValueError(f"{weights} does not match the checksum in {cfg_path}: the file is corrupt or was changed")
-        model = cls(**meta["config"])
-        model.load_state_dict(load_file(str(weights), device=str(map_location)))
-        return model.eval()
-
+    def _upgrade_meta(cls, meta):
+        # version-1 exports (vqlib 0.1) had their own layout: {"format": "vqlib.tokenizer", "config": {...}}
+        if isinstance(meta, dict) and meta.get("format") == "vqlib.tokenizer":
+            if meta.get("version", 0) > 1:
+                raise PretrainedFileError(
+                    f"tokenizer export has format version {meta['version']}; this vqlib reads up to 1: upgrade vqlib"
+                )
+            return {
+                "format": "vqlib",
+                "format_version": 1,
+                "class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": meta["config"],
+                "weights": meta["weights"],
+            }
+        return meta
