@@ -43,6 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from report import write_block  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import faiss  # noqa: E402

@@ -33,12 +33,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import faiss  # noqa: E402
-from report import machine_line, write_block  # noqa: E402
 from datasets import gaussian_decaying, gaussian_rd_mse, minilm_embeddings, sift_descriptors  # noqa: E402
+from report import machine_line, write_block  # noqa: E402
 
 from vqlib.quantizers import CAQ, SAQ  # noqa: E402
 from vqlib.quantizers.saq import default_granularity, plan_code_size, plan_segments  # noqa: E402
-
 
 
 def load(name: str, n_base: int, n_query: int, seed: int = 0):

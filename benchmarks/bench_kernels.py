@@ -43,7 +43,6 @@ from report import machine_line, write_block  # noqa: E402
 
 from vqlib.kernels import VQLinear, choose_kernel, vq_triton  # noqa: E402
 
-
 ROWS = [1, 16, 256, 4096]
 SHAPES = [(1152, 1152), (1152, 4608), (4608, 1152), (4096, 4096), (4096, 11008)]  # (in, out)
 FORMATS = {  # name: (vector size, codebook size, signs)

@@ -48,7 +48,6 @@ from vqlib.quantizers.lr2vq import compress_model, compression_report, decompres
 from vqlib.quantizers.pvq import PyramidVQ, pvq_quantize_weight  # noqa: E402
 
 
-
 def md_table(head: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -34,7 +34,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _tokens_command(argv: list[str]) -> None:
-    import torch
     from safetensors.torch import load_file, save_file
 
     from .tokenizers import VQTokenizer

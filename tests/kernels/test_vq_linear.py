@@ -11,11 +11,9 @@ from vqlib.kernels import (
     choose_kernel,
     code_dtype,
     quantize_linear,
-    vq_dequantize_reference,
     vq_linear_reference,
     vq_lut_linear_reference,
 )
-from vqlib.quantizers.packing import pack_bits
 
 
 def random_layer(n, d, v, k, groups=1, signs=True, scales=True, bias=True, dtype=torch.float16, seed=0):

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vqlib.quantizers import nearest
+
 nearest_mod = importlib.import_module("vqlib.quantizers.nearest")
 
 

@@ -4,7 +4,16 @@ import math
 import pytest
 import torch
 
-from vqlib.quantizers.saq import CAQ, DROP_BITS, FACTOR_BITS, SAQ, caq_codes, caq_inner_products, caq_reconstruct, plan_segments
+from vqlib.quantizers.saq import (
+    CAQ,
+    DROP_BITS,
+    FACTOR_BITS,
+    SAQ,
+    caq_codes,
+    caq_inner_products,
+    caq_reconstruct,
+    plan_segments,
+)
 
 
 def decaying(n, dim=64, decay=12.0, seed=0):

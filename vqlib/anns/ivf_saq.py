@@ -26,7 +26,6 @@ some query of the group still needs. Lists are visited in rounds of probe rank
 from __future__ import annotations
 
 import inspect
-
 import time
 
 import torch

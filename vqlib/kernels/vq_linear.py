@@ -25,9 +25,6 @@ On CUDA with Triton, ``VQLinear.forward`` runs the kernels of
 
 from __future__ import annotations
 
-import math
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

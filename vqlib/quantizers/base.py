@@ -20,7 +20,7 @@ Subclasses implement three hooks on flattened fp32 data in the codebook space
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
