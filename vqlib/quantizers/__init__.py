@@ -5,6 +5,7 @@ from .codec import Codec, CodesMismatchError, NotFittedError
 from .config import ConfigMixin, PretrainedFileError
 from .fsq import FSQ
 from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
+from .gptq import gptq_quantize
 from .kmeans import KMeansResult, kmeans, subsample
 from .lr2vq import (
     LR2VQConv2d,
@@ -23,7 +24,6 @@ from .pvq import (
     PVQCodes,
     PVQWeight,
     PyramidVQ,
-    hadamard_transform,
     pvq_index,
     pvq_nearest,
     pvq_point,
@@ -31,6 +31,7 @@ from .pvq import (
     pvq_size,
     pvq_words,
 )
+from .rotations import hadamard_transform, random_orthogonal
 from .saq import CAQ, SAQ, SAQCodes
 from .simvq import SimVQ
 from .vq import VectorQuantizer
@@ -67,6 +68,7 @@ __all__ = [
     "compression_report",
     "decompress_model",
     "finetune",
+    "gptq_quantize",
     "hadamard_transform",
     "kmeans",
     "learning_annealing",
@@ -80,6 +82,7 @@ __all__ = [
     "pvq_quantize_weight",
     "pvq_size",
     "pvq_words",
+    "random_orthogonal",
     "subsample",
     "unpack_bits",
 ]
