@@ -331,18 +331,20 @@ class PyramidVQ(Codec, nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs):
         key = prefix + "signs"
+        if key not in state_dict and self.rotate != "hadamard":
+            state_dict[key] = self.signs.clone()  # unused without a rotation
         if key not in state_dict:
-            if self.rotate == "hadamard":
-                error_msgs.append(
-                    f"{key!r} is missing: the state holds no rotation signs (saved before PyramidVQ stored them), so "
-                    "codes made with it cannot be decoded reliably; add them from a PyramidVQ built with the seed it "
-                    f"was saved with: state[{key!r}] = PyramidVQ(..., seed=<that seed>).signs"
-                )
-            else:
-                state_dict[key] = self.signs.clone()  # unused without a rotation
+            problem = (
+                f"{key!r} is missing: the state holds no rotation signs (saved before PyramidVQ stored them), so "
+                "codes made with it cannot be decoded reliably; add them from a PyramidVQ built with the seed it "
+                f"was saved with: state[{key!r}] = PyramidVQ(..., seed=<that seed>).signs"
+            )
         elif not bool((state_dict[key].abs() == 1).all()):
-            error_msgs.append(f"{key!r} must hold only +1 and -1 (the rotation's random signs): the state is damaged")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs)
+            problem = f"{key!r} must hold only +1 and -1 (the rotation's random signs): the state is damaged"
+        else:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs)
+            return
+        error_msgs.append(problem)  # refused before anything is copied: the levels stay as they were
 
     # ---- sizes ---------------------------------------------------------------
 
