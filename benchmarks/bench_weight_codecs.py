@@ -146,7 +146,7 @@ def pvq_gaussian() -> str:
     ]
     rows, pvq = [], {}
     for D, K, ab in PVQ_CONFIGS:
-        q = PyramidVQ(DIM, K, group_size=D, amplitude_bits=ab, rotate=None).fit(fit)
+        q = PyramidVQ(DIM, K, vector_size=D, amplitude_bits=ab, rotate=None).fit(fit)
         t0 = time.perf_counter()
         codes = q.encode(x)
         xh = q.decode(codes)
@@ -155,7 +155,7 @@ def pvq_gaussian() -> str:
         mse = ((xh - x) ** 2).mean().item()
         stored = q.stored_bits_per_weight
         pvq[(D, K, ab)] = (stored, mse)
-        rows.append([D, K, ab, f"{q.bits_per_weight:.3f}", f"{stored:.3f}", f"{mse:.4f}", f"{el:.2f}"])
+        rows.append([D, K, ab, f"{q.information_bits_per_weight:.3f}", f"{stored:.3f}", f"{mse:.4f}", f"{el:.2f}"])
         log(f"[pvq] D={D} K={K} amp={ab}: {stored:.3f} bpw MSE {mse:.4f} ({el:.2f}s)")
     out += [
         'PVQ, `rotate=None` (the default; the rotation is measured below):',
@@ -203,10 +203,11 @@ def pvq_rotation() -> str:
         for D, K in ROT_CONFIGS:
             rel = {}
             for rot in (None, "hadamard"):
-                q = PyramidVQ(DIM, K, group_size=D, amplitude_bits=6, rotate=rot).fit(fit)
+                q = PyramidVQ(DIM, K, vector_size=D, amplitude_bits=6, rotate=rot).fit(fit)
                 rel[rot] = (((q(x) - x) ** 2).mean() / (x**2).mean()).item()
             ratios.append(rel["hadamard"] / rel[None])
-            rows.append([name, D, K, f"{q.bits_per_weight:.3f}", f"{rel[None]:.4f}", f"{rel['hadamard']:.4f}"])
+            bpw = q.information_bits_per_weight
+            rows.append([name, D, K, f"{bpw:.3f}", f"{rel[None]:.4f}", f"{rel['hadamard']:.4f}"])
             log(f"[pvq] rotation {name} D={D}: none {rel[None]:.4f} hadamard {rel['hadamard']:.4f}")
     return "\n".join([
         "#### Pyramid VQ: Hadamard rotation on and off",
@@ -237,12 +238,12 @@ def pvq_hessian() -> str:
     rows = []
     for D, K in HESSIAN_CONFIGS:
         for rot in (None, "hadamard"):
-            plain = PyramidVQ(d_in, K, group_size=D, amplitude_bits=6, rotate=rot).fit(W)
+            plain = PyramidVQ(d_in, K, vector_size=D, amplitude_bits=6, rotate=rot).fit(W)
             t0 = time.perf_counter()
-            res = pvq_quantize_weight(W, K, H, group_size=D, amplitude_bits=6, rotate=rot)
+            res = pvq_quantize_weight(W, K, H, vector_size=D, amplitude_bits=6, rotate=rot)
             el = time.perf_counter() - t0
             e0, e1 = err(plain(W)), err(res.weight)
-            rows.append([D, K, 6, f"{plain.bits_per_weight:.3f}", rot, f"{e0:.4f}", f"{e1:.4f}",
+            rows.append([D, K, 6, f"{plain.information_bits_per_weight:.3f}", rot, f"{e0:.4f}", f"{e1:.4f}",
                          f"{1 - e1 / e0:.0%}", f"{el:.2f}"])  # fmt: skip
             log(f"[pvq] hessian D={D} K={K} {rot}: plain {e0:.4f} hessian {e1:.4f}")
     return "\n".join([
