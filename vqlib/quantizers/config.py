@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 
 from ..io import atomic_write, sha256
 
-__all__ = ["CONFIG_NAME", "ConfigMixin", "FORMAT_VERSION", "WEIGHTS_NAME", "PretrainedFileError"]
+__all__ = ["CONFIG_NAME", "ConfigMixin", "FORMAT_VERSION", "WEIGHTS_NAME", "PretrainedFileError", "renamed_argument"]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -80,11 +81,27 @@ def resolve_class(path: str, default_module: str = "vqlib.quantizers") -> type:
     return obj
 
 
+def renamed_argument(value: Any, old_value: Any, old: str, new: str, stacklevel: int = 3) -> Any:
+    """Resolve a keyword argument ``old`` that was renamed ``new`` (warns; refuses both at once).
+
+    For functions; classes list their renames in ``ConfigMixin._renamed_arguments`` instead.
+    """
+    if old_value is None:
+        return value
+    warnings.warn(f"{old}= is deprecated; use {new}= (same meaning)", DeprecationWarning, stacklevel=stacklevel)
+    if value is not None:
+        raise ValueError(f"pass {new} only: {old} is its deprecated name")
+    return old_value
+
+
 class ConfigMixin:
     """Records constructor arguments; ``config`` / ``from_config`` / ``save_pretrained`` / ``from_pretrained``."""
 
     #: where ``from_config`` looks up a bare class name
     _config_default_module = "vqlib.quantizers"
+    #: ``{"old_name": "new_name"}``: deprecated constructor keywords, accepted with a
+    #: DeprecationWarning and recorded under the new name (so a saved config never warns)
+    _renamed_arguments: dict[str, str] = {}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -93,8 +110,13 @@ class ConfigMixin:
             return
         signature = inspect.signature(init)
 
+        renames = dict(cls.__dict__.get("_renamed_arguments", {}))
+
         @functools.wraps(init)
         def recording_init(self, *args, **kw):
+            for old, new in renames.items():
+                if old in kw:
+                    kw[new] = renamed_argument(kw.get(new), kw.pop(old), old, new)
             # the outermost constructor records (a subclass calling super().__init__ keeps its own)
             if "_init_config" not in self.__dict__:
                 bound = signature.bind(self, *args, **kw)

@@ -33,13 +33,13 @@ moves (see :func:`pvq_nearest`).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .codec import Codec
+from .config import renamed_argument
 from .gptq import gptq_quantize
 from .packing import pack_bits, packed_size, unpack_bits
 from .pvq_enum import WORD_BITS, _check_nk, ints_to_words, pvq_index, pvq_point, pvq_size, pvq_words, words_to_ints
@@ -63,16 +63,6 @@ __all__ = [
 ]
 
 ROTATIONS = ("hadamard", None)
-
-
-def _renamed(value, old_value, old: str, new: str):
-    """Resolve a deprecated keyword ``old`` that was renamed ``new``."""
-    if old_value is None:
-        return value
-    warnings.warn(f"{old}= is deprecated; use {new}= (same meaning)", DeprecationWarning, stacklevel=3)
-    if value is not None:
-        raise ValueError(f"pass {new} only: {old} is its deprecated name")
-    return old_value
 
 
 # ---- nearest point -------------------------------------------------------------
@@ -280,8 +270,10 @@ class PyramidVQ(Codec, nn.Module):
             already suits, so it is opt-in.
         seed: seed of the random signs drawn at construction (a loaded state brings its own).
         lloyd_iters: Lloyd–Max iterations of :meth:`fit`.
-        group_size: deprecated name of ``vector_size``.
+    ``group_size=`` is accepted as the deprecated name of ``vector_size``.
     """
+
+    _renamed_arguments = {"group_size": "vector_size"}
 
     def __init__(
         self,
@@ -292,16 +284,8 @@ class PyramidVQ(Codec, nn.Module):
         rotate: str | None = None,
         seed: int = 0,
         lloyd_iters: int = 50,
-        *,
-        group_size: int | None = None,
     ):
         super().__init__()
-        vector_size = _renamed(vector_size, group_size, "group_size", "vector_size")
-        recorded = self.__dict__.get("_init_config")
-        if recorded is not None and "group_size" in recorded[1]:
-            # record the new name only, so that from_config/from_pretrained do not warn again
-            if recorded[1].pop("group_size") is not None:
-                recorded[1]["vector_size"] = vector_size
         vector_size = dim if vector_size is None else vector_size
         for name, v in (("pulses", pulses), ("vector_size", vector_size)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -549,7 +533,7 @@ def pvq_quantize_weight(
     leaves ``XWᵀ`` unchanged. The gain levels are fitted on ``W`` before any
     update. ``group_size`` is the deprecated name of ``vector_size``.
     """
-    vector_size = _renamed(vector_size, group_size, "group_size", "vector_size")
+    vector_size = renamed_argument(vector_size, group_size, "group_size", "vector_size")
     _check_float(W, "W")
     _check_float(H, "H")
     if W.dim() != 2:
