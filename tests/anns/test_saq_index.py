@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib.anns import RefineIndex, SAQIndex
+from vqlib.anns import IVFSAQIndex, RefineIndex, SAQIndex
 
 from .conftest import D, recall, same_topk_fraction
 
@@ -118,3 +118,14 @@ def test_remove_add_with_ids(data):
     D2, I2 = index.search(xq, 5)
     np.testing.assert_array_equal(np.where(I2 >= 10_000, I2 - 10_000, I2), I0)
     np.testing.assert_allclose(D2, D0, rtol=1e-5)
+
+
+def test_search_parameters_and_composition(data):
+    xb, xq = data
+    index = build(xb[:300])
+    assert not issubclass(SAQIndex, IVFSAQIndex) and index.search_params == ("bound_m",)
+    for name in ("nprobe", "k_factor"):
+        with pytest.raises(ValueError, match=f"SAQIndex does not use the search parameter '{name}' \\(it takes bound_m\\)"):
+            index.search(xq, 5, {name: 2})
+    D0, I0 = index.search(xq, 5, {"bound_m": 0})
+    assert I0.shape == (len(xq), 5)
