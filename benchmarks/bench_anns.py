@@ -20,7 +20,8 @@ and ``torch.set_num_threads`` together).
 
 For vqlib the script also records where search time goes: the share of
 (query, code) pairs that each multi-stage step still had to read, and the
-seconds spent scoring each segment against the whole search.
+seconds spent scoring each segment against the whole search (from one extra
+search with the index's ``profile`` on; the timed searches run without it).
 
     python benchmarks/bench_anns.py --write BENCHMARKS.md               # full run (tens of minutes)
     python benchmarks/bench_anns.py --quick    # reduced: ~7 min on 2 cores, ~6 of them faiss 8-bit PQ training
@@ -51,6 +52,7 @@ from datasets import minilm_embeddings, sift_queries_split  # noqa: E402
 
 from vqlib.anns import FlatIndex, index_factory, serialize_index, set_num_threads  # noqa: E402
 from vqlib.quantizers import SAQ  # noqa: E402
+from vqlib.quantizers.saq import default_granularity, plan_code_size, plan_segments  # noqa: E402
 
 K = 10
 
@@ -96,12 +98,10 @@ def saq_bits_for(budget: int, residual_sample: np.ndarray) -> float:
     """Largest SAQ average bit width (steps of 1/16) whose all-inclusive code size fits ``budget`` bytes."""
     d = residual_sample.shape[1]
     saq = SAQ(d, 1.0).fit(torch.from_numpy(residual_sample))  # only the variances are needed
-    var = saq.variances
+    var = saq.variances.tolist()
     bits = min(16.0, np.floor((8 * budget - 64) / d * 16) / 16)
     while bits > 0:
-        probe = SAQ(d, bits)
-        probe.plan = probe._plan(var)
-        if probe.code_size <= budget:
+        if plan_code_size(plan_segments(var, bits, default_granularity(d))) <= budget:
             return float(bits)
         bits -= 1 / 16
     raise ValueError(f"no SAQ width fits {budget} bytes at d={d}")
@@ -176,7 +176,7 @@ def run_dataset(name: str, args) -> list[dict]:
             t0 = time.perf_counter()
             index.train(base)
             index.add(base)
-            size = index.code_size + (4 * d if refine else 0)
+            size = index.code_size  # a RefineIndex counts its float32 vectors too
             built[label] = (index, time.perf_counter() - t0, size, len(serialize_index(index)))
         for label, (index, build_s, size, nbytes) in built.items():
             for threads in args.threads:
@@ -188,11 +188,16 @@ def run_dataset(name: str, args) -> list[dict]:
                            "bytes_per_vector": size, "index_bytes": nbytes, "build_s": round(build_s, 2)}  # fmt: skip
                     if label.startswith("vqlib"):
                         seconds, (_, found) = timed_search(lambda: index.search(queries, K, {"nprobe": nprobe}), args.repeats)
-                        st = index.last_search_stats
+                        # one more search with per-stage timing on (the scan keeps only counters otherwise)
+                        scan = getattr(index, "base", index)  # the IVFSAQIndex inside a RefineIndex
+                        scan.profile = True
+                        profiled, _ = timed_search(lambda: index.search(queries, K, {"nprobe": nprobe}), 1)
+                        scan.profile = False
+                        st = scan.last_search_stats
                         first = max(st["needed"][0], 1)
                         row["stage_needed"] = [round(n / first, 4) for n in st["needed"]]
-                        row["scan_share"] = round(sum(st["seconds"]) / seconds, 3)
-                        row["plan"] = [list(p) for p in index.saq.plan]
+                        row["scan_share"] = round(sum(st["seconds"]) / profiled, 3)
+                        row["plan"] = [list(p) for p in scan.saq.plan]
                     else:
                         faiss.extract_index_ivf(index).nprobe = nprobe
                         seconds, (_, found) = timed_search(lambda: index.search(queries, K), args.repeats)

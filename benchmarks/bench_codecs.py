@@ -37,7 +37,7 @@ from datasets import gaussian_decaying, gaussian_rd_mse, minilm_embeddings, sift
 from report import machine_line, write_block  # noqa: E402
 
 from vqlib.quantizers import CAQ, SAQ  # noqa: E402
-from vqlib.quantizers.saq import default_granularity, plan_code_size, plan_segments  # noqa: E402
+from vqlib.quantizers.saq import default_granularity, plan_code_size, plan_segments, principal_axes  # noqa: E402
 
 
 def load(name: str, n_base: int, n_query: int, seed: int = 0):
@@ -146,7 +146,7 @@ def run_dataset(name: str, args) -> list[dict]:
         budgets.setdefault(r["bytes"], []).append(cname)
         print(f"[{name}] {r['method']}: {r['bytes']} B rel {r['rel_err']:.4f} mse {r['mse']:.4g} enc {r['encode_s']:.3f}s", flush=True)
     xb = torch.from_numpy(base)
-    variances = SAQ(d, 1)._principal_axes(xb - xb.mean(0))[1]
+    variances = principal_axes(xb - xb.mean(0))[1]
     for budget in sorted(budgets):
         saq_bits = saq_bits_for(budget, variances)
         caq_bits = int(min(16, (8 * budget - 64) // d))

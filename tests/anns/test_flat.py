@@ -101,6 +101,8 @@ def test_ids_remove_reconstruct_merge_reset(data):
         (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([800])), "2 vectors but 1 ids"),
         (lambda ix, xb, xq: ix.remove_ids(np.array([0.5])), "integer"),
         (lambda ix, xb, xq: ix.search(xq, 5, {"nprob": 3}), "unknown search parameters"),
+        (lambda ix, xb, xq: ix.search(xq, 5, {"nprobe": 3}), "FlatIndex does not use the search parameter 'nprobe'"),
+        (lambda ix, xb, xq: ix.range_search(xq, 1.0, {"bound_m": 0}), "does not use the search parameter 'bound_m'"),
     ],
 )
 def test_bad_input_leaves_index_unchanged(data, call, match):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib.anns import FlatIndex, IVFSAQIndex, SAQIndex
+from vqlib.anns import FlatIndex, IVFSAQIndex, SAQIndex, serialize_index
 
 from .conftest import D, recall, same_topk_fraction
 
@@ -110,15 +110,18 @@ def test_range_search_matches_estimates(data):
     index = IVFSAQIndex(D, 4, 4)
     index.train(xb)
     index.add(xb)
-    D0, _ = index.search(xq[:5], 50, {"nprobe": 4, "bound_m": 0})
-    radius = float(np.median(D0[:, 20]))
+    D0, I0 = index.search(xq[:5], 50, {"nprobe": 4, "bound_m": 0})
+    # below every query's 50th estimate, so each query's hits are all among its 50 estimated nearest
+    radius = float(min(np.median(D0[:, 20]), D0[:, 49].min()))
     lims, dist, ids = index.range_search(xq[:5], radius, {"nprobe": 4})
+    assert lims[-1] >= 5 * 5  # not vacuous: a few hits per query
     for i in range(5):
-        expect = D0[i][D0[i] < radius]
+        expect = D0[i] < radius
+        assert expect.sum() < 50
         got = dist[lims[i] : lims[i + 1]]
-        if len(expect) < 50:  # every hit is among the 50 estimated nearest
-            assert len(got) == len(expect)
-            np.testing.assert_allclose(got, expect, rtol=1e-5)
+        assert len(got) == expect.sum()
+        np.testing.assert_allclose(got, D0[i][expect], rtol=1e-5)
+        assert set(ids[lims[i] : lims[i + 1]].tolist()) == set(I0[i][expect].tolist())
 
 
 def test_constructor_and_train_errors(data):
@@ -143,6 +146,7 @@ def test_constructor_and_train_errors(data):
         (lambda ix, xb, xq: ix.search(np.full((1, D), np.nan, np.float32), 3), ValueError, "NaN"),
         (lambda ix, xb, xq: ix.search(xq, 3, {"nprobe": 0}), ValueError, "nprobe"),
         (lambda ix, xb, xq: ix.search(xq, 3, {"bound_m": -1.0}), ValueError, "bound_m"),
+        (lambda ix, xb, xq: ix.search(xq, 3, {"k_factor": 2}), ValueError, "IVFSAQIndex does not use .*'k_factor'"),
         (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([5, 5])), ValueError, "duplicates"),
         (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([5.0, 6.0])), ValueError, "integer"),
         (lambda ix, xb, xq: ix.add_with_ids(xb[:2], np.array([1, 6])), ValueError, "already in the index"),
@@ -160,3 +164,52 @@ def test_rejected_calls_leave_index_unchanged(data, trained, call, error, match)
     with pytest.raises(error, match=match):
         call(index, xb, xq)
     assert serialize_index(index) == before
+
+
+def test_coarse_quantizer_is_a_component(data, trained):
+    xb, xq = data
+    coarse = FlatIndex(D)
+    coarse.add(trained.centroids)
+    given = IVFSAQIndex(D, 16, 4, quantizer=coarse)
+    given.train(xb)  # keeps the given centroids, fits SAQ on the residuals
+    assert given.quantizer is coarse and torch.equal(given.centroids, trained.centroids)
+    assert all(torch.equal(a, b) for a, b in zip(given.saq.state_dict().values(), trained.saq.state_dict().values())
+               if torch.is_tensor(a))  # fmt: skip
+    ref = filled(trained, xb)
+    given.add(xb)
+    for a, b in zip(ref.search(xq, 10, {"nprobe": 4}), given.search(xq, 10, {"nprobe": 4})):
+        np.testing.assert_array_equal(a, b)
+    # k-means training fills an empty quantiser
+    assert trained.quantizer.ntotal == 16 and torch.equal(trained.quantizer.vectors, trained.centroids)
+    two = FlatIndex(D)
+    two.add(xb[:2])
+    with pytest.raises(ValueError, match="quantizer holds 2 vectors"):
+        IVFSAQIndex(D, 16, 4, quantizer=two)
+    with pytest.raises(ValueError, match="quantizer has dimension 8"):
+        IVFSAQIndex(D, 16, 4, quantizer=FlatIndex(8))
+    with pytest.raises(ValueError, match="quantizer must be a FlatIndex"):
+        IVFSAQIndex(D, 16, 4, quantizer=SAQIndex(D, 4))
+
+
+def test_file_parameters_are_the_recorded_config(trained):
+    import json
+    import struct
+
+    raw = serialize_index(trained)
+    header = json.loads(raw[20 : 20 + struct.unpack_from("<Q", raw, 12)[0]])
+    init = trained.config["init_args"]
+    assert {k: header["params"][k] for k in init} == {**init, "quantizer": None}
+    assert header["params"]["plan"] == [list(p) for p in trained.saq.plan]
+
+
+def test_profile_times_stages_only_when_asked(data, trained):
+    xb, xq = data
+    index = filled(trained, xb[:500])
+    index.search(xq, 10, {"nprobe": 4})
+    assert not index.profile and index.last_search_stats["seconds"] == [0.0] * len(index.last_search_stats["pairs"])
+    index.profile = True
+    counted = index.search(xq, 10, {"nprobe": 4})
+    assert sum(index.last_search_stats["seconds"]) > 0
+    index.profile = False
+    for a, b in zip(counted, index.search(xq, 10, {"nprobe": 4})):
+        np.testing.assert_array_equal(a, b)

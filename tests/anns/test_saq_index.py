@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqlib.anns import SAQIndex
-from vqlib.quantizers import SAQ
+from vqlib.anns import IVFSAQIndex, RefineIndex, SAQIndex
 
 from .conftest import D, recall, same_topk_fraction
 
@@ -13,10 +12,10 @@ from .conftest import D, recall, same_topk_fraction
 FOUR_SEGMENTS = [(16, 6), (16, 5), (16, 4), (16, 3)]
 
 
-def build(xb, bits=4.0, metric="l2", monkeypatch=None, plan=None, **kwargs):
-    index = SAQIndex(D, bits, metric=metric, **kwargs)
-    if plan is not None:
-        monkeypatch.setattr(SAQ, "_plan", lambda self, variances: plan)
+def build(xb, bits=4.0, metric="l2", plan=None, refine=False, k_factor=4, **kwargs):
+    index = SAQIndex(D, bits, metric=metric, saq_plan=plan, **kwargs)
+    if refine:
+        index = RefineIndex(index, k_factor=k_factor)
     index.train(xb)
     index.add(xb)
     return index
@@ -61,10 +60,10 @@ def test_full_scan_equals_saq_estimator(data, metric):
 
 
 @pytest.mark.parametrize("metric", ["l2", "ip"])
-def test_multistage_equals_full_scan_and_prunes(data, metric, monkeypatch):
+def test_multistage_equals_full_scan_and_prunes(data, metric):
     xb, xq = data
-    index = build(xb, 4, metric, monkeypatch, plan=FOUR_SEGMENTS)
-    assert len(index._segments()) == 4
+    index = build(xb, 4, metric, plan=FOUR_SEGMENTS)
+    assert [(s.length, s.bits) for s in index.saq.segments() if s.coded] == FOUR_SEGMENTS
     D0, I0 = index.search(xq, 10, {"bound_m": 0})
     D1, I1 = index.search(xq, 10)  # bound_m = 4
     stats = index.last_search_stats
@@ -119,3 +118,14 @@ def test_remove_add_with_ids(data):
     D2, I2 = index.search(xq, 5)
     np.testing.assert_array_equal(np.where(I2 >= 10_000, I2 - 10_000, I2), I0)
     np.testing.assert_allclose(D2, D0, rtol=1e-5)
+
+
+def test_search_parameters_and_composition(data):
+    xb, xq = data
+    index = build(xb[:300])
+    assert not issubclass(SAQIndex, IVFSAQIndex) and index.search_params == ("bound_m",)
+    for name in ("nprobe", "k_factor"):
+        with pytest.raises(ValueError, match=f"SAQIndex does not use the search parameter '{name}' \\(it takes bound_m\\)"):
+            index.search(xq, 5, {name: 2})
+    D0, I0 = index.search(xq, 5, {"bound_m": 0})
+    assert I0.shape == (len(xq), 5)

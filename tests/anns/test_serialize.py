@@ -113,3 +113,41 @@ def read_bytes(raw: bytes):
     from vqlib.anns import deserialize_index
 
     return deserialize_index(raw)
+
+
+V1_FILES = ["flat", "saq3_ip", "saq1.5_refine", "ivf4_saq2", "ivf4_saq3_refine_ip"]
+
+
+@pytest.mark.parametrize("name", V1_FILES)
+def test_reads_files_of_the_previous_version(name):
+    """Files written before refine became a wrapper (tests/anns/data/make_v1_files.py) load and search the same."""
+    import torch
+
+    from .data.make_v1_files import CASES, data
+
+    torch.set_num_threads(1)
+    here = os.path.join(os.path.dirname(__file__), "data")
+    expected = np.load(os.path.join(here, f"{name}.npz"))
+    description, metric = CASES[name]
+    params = {"nprobe": 2} if "IVF" in description else None
+    index = read_index(os.path.join(here, f"{name}.vqann"))
+    kind = "FlatIndex" if description == "Flat" else "IVFSAQIndex" if "IVF" in description else "SAQIndex"
+    if "Refine" in description:  # the old refine flag comes back as the wrapper
+        assert type(index).__name__ == "RefineIndex"
+        index_base = index.base
+    else:
+        index_base = index
+    assert type(index_base).__name__ == kind
+    xb, xq = data()
+    D, I = index.search(xq, 5, params)
+    np.testing.assert_array_equal(I, expected["I"])
+    np.testing.assert_array_equal(D, expected["D"])
+    # the same index built by this version finds the same neighbours at the same distances
+    fresh = index_factory(16, description, metric=metric)
+    fresh.train(xb)
+    fresh.add_with_ids(xb[:250], np.arange(1000, 1250))
+    fresh.add(xb[250:])
+    fresh.remove_ids(np.arange(1000, 1010))
+    D2, I2 = fresh.search(xq, 5, params)
+    np.testing.assert_array_equal(I2, expected["I"])
+    np.testing.assert_allclose(D2, expected["D"], rtol=1e-6)

@@ -150,3 +150,56 @@ def test_bad_k_and_metric():
         nearest(torch.randn(3, 4), torch.randn(5, 4), k=6)
     with pytest.raises(ValueError, match="metric must be one of"):
         nearest(torch.randn(3, 4), torch.randn(5, 4), metric="hamming")
+
+
+# ---- pairwise_distances ---------------------------------------------------------------------
+
+
+def brute_pairwise(x, y, metric):
+    x, y = x.double(), y.double()
+    if metric == "cosine":
+        return torch.stack([torch.stack([F.cosine_similarity(a, b, dim=0) for b in y]) for a in x])
+    if metric == "ip":
+        return torch.stack([torch.stack([(a * b).sum() for b in y]) for a in x])
+    return torch.stack([torch.stack([(a - b).square().sum() for b in y]) for a in x])
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_pairwise_distances_match_brute_force(metric):
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(17, 9, generator=g), torch.randn(23, 9, generator=g) + 0.5
+    got = nearest_mod.pairwise_distances(x, y, metric)
+    assert got.shape == (17, 23) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), brute_pairwise(x, y, metric), rtol=1e-5, atol=1e-5)
+    exact = nearest_mod.pairwise_distances(x.double(), y.double(), metric)  # float64 in, float64 out
+    assert exact.dtype == torch.float64
+    torch.testing.assert_close(exact, brute_pairwise(x, y, metric), rtol=1e-12, atol=1e-12)
+    # nearest ranks by the same scores
+    _, idx = nearest(x, y, k=3, metric=metric)
+    torch.testing.assert_close(idx, got.topk(3, dim=1, largest=metric != "l2").indices)
+
+
+def test_pairwise_distances_batched_candidates():
+    g = torch.Generator().manual_seed(4)
+    q, cand = torch.randn(6, 8, generator=g), torch.randn(6, 5, 8, generator=g)
+    got = nearest_mod.pairwise_distances(q[:, None], cand)[:, 0]  # each query against its own candidates
+    assert got.shape == (6, 5)
+    for i in range(6):
+        torch.testing.assert_close(got[i], nearest_mod.pairwise_distances(q[i : i + 1], cand[i])[0])
+        torch.testing.assert_close(got[i].double(), brute_pairwise(q[i : i + 1], cand[i], "l2")[0], rtol=1e-5, atol=1e-5)
+    same = nearest_mod.pairwise_distances(q, q)
+    assert (same >= 0).all()  # clamped: rounding never makes a distance negative
+
+
+@pytest.mark.parametrize(
+    "x, y, metric, match",
+    [
+        (torch.zeros(3, 4), torch.zeros(2, 4), "l1", "metric must be one of"),
+        (torch.zeros(3, 4), torch.zeros(2, 5), "l2", "expected last dim 5"),
+        (torch.zeros(4), torch.zeros(2, 4), "l2", r"expected x \(\.\.\., n, d\)"),
+        (torch.zeros(3, 4, dtype=torch.int64), torch.zeros(2, 4), "l2", "floating-point"),
+    ],
+)
+def test_pairwise_distances_bad_input(x, y, metric, match):
+    with pytest.raises(ValueError, match=match):
+        nearest_mod.pairwise_distances(x, y, metric)

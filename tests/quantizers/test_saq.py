@@ -4,14 +4,18 @@ import math
 import pytest
 import torch
 
+from vqlib.quantizers import CodesMismatchError, NotFittedError
 from vqlib.quantizers.saq import (
     CAQ,
     DROP_BITS,
     FACTOR_BITS,
     SAQ,
+    SAQCodes,
+    Segment,
     caq_codes,
     caq_inner_products,
     caq_reconstruct,
+    plan_code_size,
     plan_segments,
 )
 
@@ -203,7 +207,7 @@ def test_bad_input(data):
     with pytest.raises(ValueError, match="dim must be a positive integer"):
         SAQ(0, 4)
     saq = SAQ(64, 4)
-    with pytest.raises(RuntimeError, match="not trained"):
+    with pytest.raises(NotFittedError, match=r"SAQ is not fitted: call fit\(x\) first"):
         saq.encode(base)
     with pytest.raises(ValueError, match=r"expected shape \(n, 64\), got \(10, 32\)"):
         saq.fit(base[:10, :32])
@@ -219,5 +223,142 @@ def test_bad_input(data):
     with pytest.raises(ValueError, match="queries"):
         saq.estimate_sq_distances(base[:2, :10], saq.encode(base[:3]))
     other = SAQ(64, 1).fit(base)
-    with pytest.raises(ValueError, match="not produced by this codec"):
+    with pytest.raises(CodesMismatchError, match="not produced by this SAQ"):
         saq.decode(other.encode(base[:3]))
+
+
+# ---- the codec contract and the public seams ---------------------------------------------
+
+FOUR_SEGMENTS = [(16, 6), (16, 5), (16, 4), (16, 3)]
+
+
+def same_codes(a, b):
+    return a.n == b.n and len(a.packed) == len(b.packed) and torch.equal(a.factors, b.factors) and all(
+        torch.equal(x, y) for x, y in zip(a.packed, b.packed)
+    )
+
+
+def test_segments_describe_the_plan_and_the_codes(data):
+    base, _ = data
+    saq = SAQ(64, 0.5).fit(base)  # a plan with a dropped tail
+    segs = saq.segments()
+    assert all(isinstance(s, Segment) for s in segs)
+    assert [(s.length, s.bits) for s in segs] == saq.plan
+    assert segs[0].start == 0 and segs[-1].stop == 64
+    assert all(a.stop == b.start for a, b in zip(segs, segs[1:]))
+    coded = [s for s in segs if s.coded]
+    assert [s.code for s in coded] == list(range(len(coded)))
+    assert not segs[-1].coded and segs[-1].rotation is None and segs[-1].code is None
+    codes = saq.encode(base[:50])
+    # every factor column belongs to exactly one segment
+    columns = sorted(c for s in segs for c in s.factors)
+    assert columns == list(range(codes.factors.shape[1]))
+    # the dropped tail's factor is its squared norm in the PCA space
+    o = saq.transform(base[:50])
+    torch.testing.assert_close(codes.factors[:, segs[-1].factors[0]], o[:, segs[-1].start :].square().sum(1))
+    for s in coded:
+        torch.testing.assert_close(codes.factors[:, s.factors[0]], o[:, s.start : s.stop].square().sum(1))
+        torch.testing.assert_close(s.rotation @ s.rotation.T, torch.eye(s.length), atol=1e-5, rtol=0)
+    torch.testing.assert_close(sum(s.variance for s in segs), float(saq.variances.sum()), rtol=1e-5, atol=0)
+
+
+def test_unpack_rebuilds_decode(data):
+    base, _ = data
+    saq = SAQ(64, 3).fit(base)
+    codes = saq.encode(base[:40])
+    parts = saq.unpack(codes)
+    assert [s.code for s, _ in parts] == list(range(len(codes.packed)))
+    o = torch.zeros(40, 64)
+    for s, c in parts:
+        assert c.shape == (40, s.length) and c.dtype == torch.int64 and 0 <= c.min() and c.max() < 1 << s.bits
+        rec = caq_reconstruct(c, codes.factors[:, s.factors[0]], codes.factors[:, s.factors[1]], s.bits)
+        o[:, s.start : s.stop] = rec @ s.rotation.T
+    torch.testing.assert_close(o @ saq.basis.T + saq.mean, saq.decode(codes))
+
+
+def test_check_codes_names_what_differs(data):
+    base, _ = data
+    saq = SAQ(64, 4, plan=FOUR_SEGMENTS).fit(base)
+    codes = saq.encode(base[:5])
+    saq.check_codes(codes)  # its own codes pass
+    with pytest.raises(CodesMismatchError, match="SAQ .*3 coded segments, this plan has 4"):
+        saq.check_codes(SAQCodes(codes.packed[:3], codes.factors, 5))
+    with pytest.raises(CodesMismatchError, match=r"factors of shape \(5, 7\), expected \(5, 8\)"):
+        saq.check_codes(SAQCodes(codes.packed, codes.factors[:, :7], 5))
+    with pytest.raises(CodesMismatchError, match="segment 1 holds"):
+        saq.check_codes(SAQCodes([codes.packed[0], codes.packed[0], *codes.packed[2:]], codes.factors, 5))
+    with pytest.raises(CodesMismatchError, match="expected SAQCodes"):
+        saq.check_codes(torch.zeros(5, 3))
+    caq = CAQ(64, 4).fit(base)
+    with pytest.raises(CodesMismatchError, match="not produced by this CAQ"):
+        caq.unpack(codes)
+
+
+def test_plan_argument_replaces_the_dynamic_programme(data):
+    base, q = data
+    saq = SAQ(64, 4, plan=FOUR_SEGMENTS).fit(base)
+    assert saq.plan == FOUR_SEGMENTS != SAQ(64, 4).fit(base).plan
+    assert saq.code_size == plan_code_size(FOUR_SEGMENTS)
+    true = torch.cdist(q.double(), base.double()).square()
+    est = saq.estimate_sq_distances(q, saq.encode(base)).double()
+    assert ((est - true).abs() / true).mean() < 0.05
+    tail = SAQ(64, 2, plan=[(48, 3), (16, 0)]).fit(base)
+    assert [s.bits for s in tail.segments()] == [3, 0]
+
+
+@pytest.mark.parametrize(
+    "plan, match",
+    [
+        ([(32, 4)], "sum to 32, expected dim=64"),
+        ([(32, 0), (32, 4)], "only the last segment"),
+        ([(64, 17)], r"bits must be in \[0, 16\]"),
+        ([(64, 2.5)], "bits must be an integer"),
+        ([(0, 4), (64, 4)], "length must be positive"),
+        ([], "plan is empty"),
+        ("64x4", "list of"),
+        ([(64,)], "pair"),
+    ],
+)
+def test_bad_plans(plan, match):
+    with pytest.raises(ValueError, match=match):
+        SAQ(64, 4, plan=plan)
+
+
+def test_caq_is_saq_with_a_one_segment_plan(data):
+    base, q = data
+    caq = CAQ(64, 3, seed=2).fit(base)
+    saq = SAQ(64, 3, granularity=64, seed=2, plan=[(64, 3)]).fit(base)
+    assert isinstance(caq, SAQ) and caq.plan == [(64, 3)] and len(caq.segments()) == 1
+    assert [k for k, v in vars(CAQ).items() if callable(v) and not k.startswith("__")] == []  # no overrides
+    assert same_codes(caq.encode(base[:100]), saq.encode(base[:100]))
+    assert caq.code_dim == 64 and caq.bits_per_dim == 8 * caq.code_size / 64
+
+
+def test_unfitted_use_raises_not_fitted(data):
+    base, _ = data
+    saq = SAQ(64, 4)
+    assert not saq.is_fitted and not saq.is_trained
+    for call in (lambda: saq.code_size, saq.segments, lambda: saq.decode(None), lambda: saq.check_codes(None)):
+        with pytest.raises(NotFittedError, match="call fit"):
+            call()
+    assert saq.fit(base) is saq and saq.is_fitted and saq.is_trained
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: SAQ(64, 3, seed=5), lambda: SAQ(64, 0.5), lambda: CAQ(64, 4, seed=3), lambda: SAQ(64, 4, plan=FOUR_SEGMENTS)],
+    ids=["saq", "saq-dropped-tail", "caq", "saq-plan"],
+)
+def test_save_pretrained_round_trip(data, tmp_path, make):
+    base, q = data
+    saq = make().fit(base)
+    saq.save_pretrained(tmp_path / "codec")
+    loaded = type(saq).from_pretrained(tmp_path / "codec")
+    assert type(loaded) is type(saq) and loaded.config == saq.config and loaded.plan == saq.plan
+    a, b = saq.encode(base[:200]), loaded.encode(base[:200])
+    assert same_codes(a, b)
+    assert torch.equal(loaded.decode(a), saq.decode(a))
+    assert torch.equal(loaded.estimate_sq_distances(q, a), saq.estimate_sq_distances(q, a))
+    unfitted = make()
+    unfitted.save_pretrained(tmp_path / "unfitted")
+    assert not type(saq).from_pretrained(tmp_path / "unfitted").is_fitted

@@ -1,8 +1,12 @@
 """What every vqlib.anns index shares: the FAISS interface, input checks, ids and pickling.
 
 The index classes (:class:`~vqlib.anns.flat.FlatIndex`, :class:`~vqlib.anns.saq_index.SAQIndex`,
-:class:`~vqlib.anns.ivf_saq.IVFSAQIndex`) implement a handful of ``_``-hooks on
-the tensors they store; this class turns numpy or torch input into checked
+:class:`~vqlib.anns.ivf_saq.IVFSAQIndex`, the wrapper :class:`~vqlib.anns.refine.RefineIndex`)
+implement a handful of ``_``-hooks on the tensors they store and declare the
+:class:`SearchParams` fields they use (``search_params``; any other field is
+refused). Constructor arguments are recorded by :class:`~vqlib.quantizers.ConfigMixin`
+(``index.config``), which is also what the index file stores as parameters.
+This class turns numpy or torch input into checked
 float32 tensors, keeps the external ids, pads results the FAISS way (I = −1,
 D = +inf for L2 and −inf for IP) and rejects bad input *before* any state
 changes, so a rejected call never leaves the index half-modified.
@@ -19,9 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..quantizers import ConfigMixin, NotFittedError
+
 __all__ = ["Index", "SearchParams", "get_num_threads", "set_num_threads"]
 
 METRICS = ("l2", "ip")
+#: the fields of :class:`SearchParams`
+SEARCH_PARAMS = ("nprobe", "k_factor", "bound_m")
 
 
 def set_num_threads(n: int) -> None:
@@ -56,18 +64,31 @@ class SearchParams:
         if isinstance(params, SearchParams):
             return params
         if isinstance(params, dict):
-            unknown = set(params) - {"nprobe", "k_factor", "bound_m"}
+            unknown = set(params) - set(SEARCH_PARAMS)
             if unknown:
                 raise ValueError(f"unknown search parameters {sorted(unknown)}; expected nprobe, k_factor, bound_m")
             return SearchParams(**params)
         raise ValueError(f"params must be a SearchParams, a dict or None, got {type(params).__name__}")
 
 
-class Index:
+def check_search_values(params: SearchParams) -> None:
+    """ValueError for a search setting out of range (shared by constructors and ``search``)."""
+    if params.k_factor is not None and (not isinstance(params.k_factor, int) or params.k_factor < 1):
+        raise ValueError(f"k_factor must be a positive integer, got {params.k_factor!r}")
+    if params.bound_m is not None and not params.bound_m >= 0:
+        raise ValueError(f"bound_m must be >= 0, got {params.bound_m!r}")
+    if params.nprobe is not None and (not isinstance(params.nprobe, int) or params.nprobe < 1):
+        raise ValueError(f"nprobe must be a positive integer, got {params.nprobe!r}")
+
+
+class Index(ConfigMixin):
     """Base of the vqlib.anns indexes; see the module docstring for the conventions."""
 
+    _config_default_module = "vqlib.anns"
     #: queries searched at once; bounds the working memory of one search call
     query_batch = 1024
+    #: the :class:`SearchParams` fields this index uses; ``search`` refuses the others
+    search_params: tuple[str, ...] = ()
 
     def __init__(self, d: int, metric: str = "l2"):
         if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
@@ -232,12 +253,19 @@ class Index:
         pass
 
     def _check_params(self, params: SearchParams) -> None:
-        if params.k_factor is not None and (not isinstance(params.k_factor, int) or params.k_factor < 1):
-            raise ValueError(f"k_factor must be a positive integer, got {params.k_factor!r}")
-        if params.bound_m is not None and not params.bound_m >= 0:
-            raise ValueError(f"bound_m must be >= 0, got {params.bound_m!r}")
-        if params.nprobe is not None and (not isinstance(params.nprobe, int) or params.nprobe < 1):
-            raise ValueError(f"nprobe must be a positive integer, got {params.nprobe!r}")
+        for name in SEARCH_PARAMS:
+            if getattr(params, name) is not None and name not in self.search_params:
+                takes = ", ".join(self.search_params) or "no search parameters"
+                raise ValueError(
+                    f"{type(self).__name__} does not use the search parameter {name!r} (it takes {takes}); leave it out"
+                )
+        check_search_values(params)
+
+    def _recorded_params(self) -> dict:
+        """The recorded constructor arguments, with the current value of each search default."""
+        params = dict(self.config["init_args"])
+        params.update({name: getattr(self, name) for name in self.search_params})
+        return params
 
     def _state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """(JSON-able parameters, named tensors) for :mod:`vqlib.anns.serialize`."""
@@ -261,7 +289,7 @@ class Index:
 
     def _require_trained(self) -> None:
         if not self.is_trained:
-            raise RuntimeError(f"{type(self).__name__} is not trained: call train(x) first")
+            raise NotFittedError(f"{type(self).__name__} is not trained: call train(x) first")
 
     def _vectors(self, x, what: str) -> torch.Tensor:
         if isinstance(x, np.ndarray):

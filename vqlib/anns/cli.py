@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
         print(f"{'nprobe':>7} {'recall@' + str(args.k):>10} {'QPS':>10}")
         for nprobe in [int(v) for v in args.nprobe.split(",")]:
             t0 = time.perf_counter()
-            _, I = index.search(q, args.k, {"nprobe": nprobe} if hasattr(index, "nlist") else None)
+            _, I = index.search(q, args.k, {"nprobe": nprobe} if "nprobe" in index.search_params else None)
             dt = time.perf_counter() - t0
             print(f"{nprobe:>7} {recall_at_k(I, gt):>10.4f} {len(q) / dt:>10.1f}")
 

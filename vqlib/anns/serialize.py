@@ -7,10 +7,17 @@ Layout (all integers little-endian)::
     offset 12       uint64    H, length of the header
     offset 20       H bytes   header, UTF-8 JSON:
                                 {"type": "IVFSAQIndex",            # the index class
-                                 "params": {...},                   # its constructor arguments and counters
+                                 "params": {...},                   # its recorded constructor arguments
+                                                                    # (index.config) and counters
                                  "arrays": [{"name", "dtype", "shape", "offset", "nbytes"}, ...]}
     offset 20 + H   payload   the arrays' raw C-order little-endian bytes; "offset" counts from here
     last 32 bytes   SHA-256   of every byte before it
+
+A :class:`~vqlib.anns.refine.RefineIndex` is ``"type": "RefineIndex"`` with
+``params = {"k_factor", "next_id", "base": {"type", "params"}}`` and arrays
+``"vectors"`` plus the base's arrays prefixed ``"base."``. Files written before
+refine became a wrapper (``"type": "SAQIndex"`` or ``"IVFSAQIndex"`` with
+``"refine"`` among the params) are read into the same wrapper.
 
 Readers check the magic, the version, the sizes and the checksum before
 anything is built, and build a new index object from the verified arrays, so a
@@ -49,13 +56,45 @@ class IndexFileError(ValueError):
 def _classes() -> dict[str, type[Index]]:
     from .flat import FlatIndex
     from .ivf_saq import IVFSAQIndex
+    from .refine import RefineIndex
     from .saq_index import SAQIndex
 
-    return {c.__name__: c for c in (FlatIndex, SAQIndex, IVFSAQIndex)}
+    return {c.__name__: c for c in (FlatIndex, SAQIndex, IVFSAQIndex, RefineIndex)}
+
+
+def index_class(name: str) -> type[Index]:
+    """The index class a file's ``"type"`` names."""
+    classes = _classes()
+    if name not in classes:
+        raise ValueError(f"unknown index type {name!r}; expected one of {sorted(classes)}")
+    return classes[name]
+
+
+# Parameters that version-1 files of SAQIndex carried because it was then a one-list IVFSAQIndex.
+_V1_SAQ_INDEX_EXTRA = ("nlist", "nprobe", "kmeans_iters", "max_train_per_list")
+
+
+def _from_state(cls: type[Index], params: dict, arrays: dict[str, torch.Tensor]) -> Index:
+    if cls.__name__ in ("SAQIndex", "IVFSAQIndex") and "refine" in params:
+        # written when refine was a flag of the SAQ indexes: the float vectors rode along as "vectors"
+        params = dict(params)
+        refine, k_factor = params.pop("refine"), params.pop("k_factor")
+        if cls.__name__ == "SAQIndex":
+            for key in _V1_SAQ_INDEX_EXTRA:
+                params.pop(key)
+        arrays = dict(arrays)
+        vectors = arrays.pop("vectors", None)
+        base = cls._from_state(params, arrays)
+        if not refine:
+            return base
+        from .refine import RefineIndex
+
+        return RefineIndex.wrap_loaded(base, vectors, k_factor, params["next_id"])
+    return cls._from_state(params, arrays)
 
 
 def serialize_index(index: Index) -> bytes:
-    if type(index).__name__ not in _classes():
+    if type(index) not in _classes().values():
         raise ValueError(f"cannot serialize {type(index).__name__}: not a vqlib.anns index")
     params, tensors = index._state()
     arrays, chunks, offset = [], [], 0
@@ -88,7 +127,7 @@ def deserialize_index(data: bytes) -> Index:
         raise IndexFileError("index file is corrupt or truncated: SHA-256 checksum mismatch")
     try:
         header = json.loads(bytes(data[_PREFIX.size : _PREFIX.size + hlen]))
-        cls = _classes()[header["type"]]
+        cls = index_class(header["type"])
     except (ValueError, KeyError) as e:
         raise IndexFileError(f"index file header is invalid: {e}") from None
     payload = body[_PREFIX.size + hlen :]
@@ -105,7 +144,7 @@ def deserialize_index(data: bytes) -> Index:
     if expected != len(payload):
         raise IndexFileError(f"index file has {len(payload) - expected} unexpected trailing bytes")
     try:
-        return cls._from_state(header["params"], arrays)
+        return _from_state(cls, header["params"], arrays)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise IndexFileError(f"index file does not describe a valid {cls.__name__}: {e}") from None
 

@@ -18,7 +18,7 @@ from .lr2vq import (
     decompress_model,
     finetune,
 )
-from .nearest import METRICS, nearest
+from .nearest import METRICS, nearest, pairwise_distances
 from .packing import pack_bits, packed_size, unpack_bits
 from .pvq import (
     PVQCodes,
@@ -32,7 +32,7 @@ from .pvq import (
     pvq_words,
 )
 from .rotations import hadamard_transform, random_orthogonal
-from .saq import CAQ, SAQ, SAQCodes
+from .saq import CAQ, SAQ, SAQCodes, Segment
 from .simvq import SimVQ
 from .vq import VectorQuantizer
 
@@ -60,6 +60,7 @@ __all__ = [
     "QuantizerOutput",
     "SAQ",
     "SAQCodes",
+    "Segment",
     "SimVQ",
     "Usage",
     "VQBridge",
@@ -75,6 +76,7 @@ __all__ = [
     "learning_annealing_lambda",
     "nearest",
     "pack_bits",
+    "pairwise_distances",
     "packed_size",
     "pvq_index",
     "pvq_nearest",

@@ -1,4 +1,4 @@
-"""Exact nearest-code search: ``nearest(x, codebook, k=1, metric="l2")``.
+"""Exact nearest-code search: ``nearest(x, codebook, k=1, metric="l2")``, and ``pairwise_distances``.
 
 Distances come from the expanded norm ``‖x − c‖² = ‖x‖² − 2⟨x, c⟩ + ‖c‖²`` as one
 fp32 matmul per block. The search walks blocks of rows and blocks of codes and
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nearest", "METRICS"]
+__all__ = ["nearest", "pairwise_distances", "METRICS"]
 
 METRICS = ("l2", "ip", "cosine")
 
@@ -175,3 +175,31 @@ def _search(x, codebook, k, metric, max_memory):
         out_d.add_((x * x).sum(-1, keepdim=True)).clamp_(min=0)
     return out_d, out_i
 
+
+
+def pairwise_distances(x: torch.Tensor, y: torch.Tensor, metric: str = "l2") -> torch.Tensor:
+    """Every distance between rows of ``x`` and rows of ``y``, exactly as :func:`nearest` scores them.
+
+    ``x`` is ``(..., n, d)`` and ``y`` ``(..., m, d)`` with broadcastable batch
+    dimensions (so each query can have its own candidates: ``x[:, None]`` against
+    ``y`` of shape ``(nq, c, d)``); the result is ``(..., n, m)``, in the inputs'
+    common float dtype. ``"l2"``: squared Euclidean distances
+    ``‖x‖² − 2⟨x, y⟩ + ‖y‖²`` clamped at 0 (smaller is nearer); ``"ip"``: inner
+    products; ``"cosine"``: cosine similarities (larger is nearer).
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if x.dim() < 2 or y.dim() < 2:
+        raise ValueError(f"expected x (..., n, d) and y (..., m, d), got shapes {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"expected last dim {y.shape[-1]} (y's), got {x.shape[-1]}")
+    if not (x.is_floating_point() and y.is_floating_point()):
+        raise ValueError(f"expected floating-point x and y, got {x.dtype} and {y.dtype}")
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    x, y = x.to(dtype), y.to(dtype)
+    if metric == "cosine":
+        x, y = F.normalize(x, dim=-1), F.normalize(y, dim=-1)
+    ip = x @ y.transpose(-1, -2)
+    if metric != "l2":
+        return ip
+    return (x.square().sum(-1, keepdim=True) - 2 * ip + y.square().sum(-1).unsqueeze(-2)).clamp_min_(0)

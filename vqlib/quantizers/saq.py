@@ -23,13 +23,15 @@ gets its own random rotation and CAQ with ``B_j`` bits.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
+from .codec import Codec
 from .packing import pack_bits, packed_size, unpack_bits
+from .rotations import random_orthogonal
 
 FACTOR_BITS = 64  # two float32 factors per coded segment
 DROP_BITS = 32  # one float32 (the dropped segment's squared norm)
@@ -252,7 +254,76 @@ class SAQCodes:
         return SAQCodes(packed, torch.cat([p.factors for p in parts]), sum(p.n for p in parts))
 
 
-class SAQ(nn.Module):
+def check_plan(plan, dim: int) -> list[tuple[int, int]]:
+    """``plan`` as a list of ``(length, bits)`` tuples covering ``dim`` dimensions, or a ValueError saying what is wrong.
+
+    Lengths are positive and sum to ``dim``; bits are integers in ``[0, MAX_BITS]``
+    where 0 (a dropped segment, only its norm is kept) may only be the last segment.
+    """
+    if isinstance(plan, (str, bytes)) or not hasattr(plan, "__iter__"):
+        raise ValueError(f"plan must be a list of (length, bits) pairs, got {plan!r}")
+    out = []
+    for i, item in enumerate(plan):
+        if not hasattr(item, "__len__") or len(item) != 2:
+            raise ValueError(f"plan[{i}] must be a (length, bits) pair, got {item!r}")
+        length, b = item
+        for name, v in (("length", length), ("bits", b)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise ValueError(f"plan[{i}] {name} must be an integer, got {v!r}")
+        if length < 1:
+            raise ValueError(f"plan[{i}] length must be positive, got {length}")
+        if not 0 <= b <= MAX_BITS:
+            raise ValueError(f"plan[{i}] bits must be in [0, {MAX_BITS}], got {b}")
+        out.append((int(length), int(b)))
+    if not out:
+        raise ValueError("plan is empty: give at least one (length, bits) pair")
+    if any(b == 0 for _, b in out[:-1]):
+        raise ValueError(f"only the last segment of a plan may have 0 bits (be dropped), got {out}")
+    total = sum(length for length, _ in out)
+    if total != dim:
+        raise ValueError(f"plan lengths sum to {total}, expected dim={dim}")
+    return out
+
+
+def principal_axes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Principal axes of centred rows ``x`` (n, d): ``(basis, variances)``, columns by decreasing variance."""
+    d = x.shape[1]
+    cov = torch.cov(x.T.double()).reshape(d, d)
+    evals, evecs = torch.linalg.eigh(cov)
+    order = torch.argsort(evals, descending=True)
+    return evecs[:, order].float(), evals[order].clamp_min(0).float()
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """One segment of a fitted SAQ plan: PCA dimensions ``start:stop`` coded with ``bits`` bits.
+
+    ``bits == 0`` marks a dropped tail (only its squared norm is stored).
+    ``factors`` are the columns of :attr:`SAQCodes.factors` the segment owns:
+    ``(‖o_j‖², ‖o_j‖²/⟨ō₁_j, o_j⟩)`` for a coded segment, ``(‖o_tail‖²,)`` for a
+    dropped one. ``code`` indexes :attr:`SAQCodes.packed` (``None`` when dropped).
+    ``variance`` is ``Σ σ_i²`` over the segment's dimensions (training data);
+    ``rotation`` the segment's orthonormal ``length × length`` matrix (``None`` when dropped).
+    """
+
+    start: int
+    stop: int
+    bits: int
+    factors: tuple[int, ...]
+    variance: float
+    code: int | None = None
+    rotation: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def coded(self) -> bool:
+        return self.bits > 0
+
+
+class SAQ(Codec, nn.Module):
     """SAQ codec (arXiv 2509.12086): PCA, dimension segmentation by dynamic programming, CAQ per segment.
 
     Args:
@@ -262,6 +333,8 @@ class SAQ(nn.Module):
         granularity: segment length unit (default: 64 for large ``dim``, finer for small).
         rounds: code-adjustment rounds (the paper's default 6; 0 gives plain scalar quantisation).
         seed: for the random rotations.
+        plan: a fixed segmentation ``[(length, bits), ...]`` (see :func:`check_plan`); ``fit``
+            then uses it instead of the dynamic programme, and ``bits`` is only the nominal rate.
 
     Usage::
 
@@ -271,7 +344,15 @@ class SAQ(nn.Module):
         approx = saq.decode(codes)
     """
 
-    def __init__(self, dim: int, bits: float, granularity: int | None = None, rounds: int = 6, seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        bits: float,
+        granularity: int | None = None,
+        rounds: int = 6,
+        seed: int = 0,
+        plan: list[tuple[int, int]] | None = None,
+    ):
         super().__init__()
         if not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive integer, got {dim!r}")
@@ -283,7 +364,8 @@ class SAQ(nn.Module):
         if not 1 <= granularity <= dim:
             raise ValueError(f"granularity must be in [1, dim={dim}], got {granularity}")
         self.dim, self.bits, self.granularity, self.rounds, self.seed = dim, float(bits), granularity, rounds, seed
-        self.plan: list[tuple[int, int]] = []
+        self.fixed_plan = None if plan is None else check_plan(plan, dim)
+        self.plan: list[tuple[int, int]] = []  # the fitted plan
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("basis", torch.eye(dim))  # columns: principal axes, decreasing variance
         self.register_buffer("variances", torch.zeros(dim))
@@ -291,57 +373,84 @@ class SAQ(nn.Module):
 
     # ---- training -----------------------------------------------------------
 
-    def _plan(self, variances: torch.Tensor) -> list[tuple[int, int]]:
-        return plan_segments(variances.tolist(), self.bits, self.granularity)
-
-    def _principal_axes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cov = torch.cov(x.T.double()).reshape(self.dim, self.dim)
-        evals, evecs = torch.linalg.eigh(cov)
-        order = torch.argsort(evals, descending=True)
-        return evecs[:, order].float(), evals[order].clamp_min(0).float()
-
     def fit(self, x) -> SAQ:
         """Learn the mean, principal axes, segment plan and rotations from training vectors ``(n, dim)``."""
         x = self._check(x, "training vectors")
         if len(x) < 2:
             raise ValueError(f"need at least 2 training vectors to estimate variances, got {len(x)}")
-        self.mean = x.mean(0)
-        self.basis, self.variances = self._principal_axes(x - self.mean)
-        self.plan = self._plan(self.variances)
+        mean = x.mean(0)
+        basis, variances = principal_axes(x - mean)
+        plan = self.fixed_plan or plan_segments(variances.tolist(), self.bits, self.granularity)
         g = torch.Generator().manual_seed(self.seed)
-        self.rotations = nn.ParameterList(
-            [nn.Parameter(_random_rotation(length, g), requires_grad=False) for length, b in self.plan if b > 0]
-        )
+        rotations = [nn.Parameter(random_orthogonal(length, g), requires_grad=False) for length, b in plan if b > 0]
+        self.mean, self.basis, self.variances, self.plan = mean, basis, variances, plan
+        self.rotations = nn.ParameterList(rotations)
         return self
 
     @property
-    def is_trained(self) -> bool:
+    def is_fitted(self) -> bool:
         return bool(self.plan)
+
+    @property
+    def is_trained(self) -> bool:
+        """Alias of :attr:`is_fitted`."""
+        return self.is_fitted
 
     # ---- accounting ----------------------------------------------------------
 
     @property
     def code_size(self) -> int:
         """Bytes per encoded vector, all-inclusive (packed codes of every segment and float32 factors)."""
-        self._require_trained()
+        self.require_fitted()
         return plan_code_size(self.plan)
 
     @property
-    def bits_per_dim(self) -> float:
-        """Stored bits per dimension, factors included."""
-        return 8 * self.code_size / self.dim
+    def code_dim(self) -> int:
+        return self.dim
+
+    # ---- the plan's segments ----------------------------------------------------
+
+    def segments(self) -> list[Segment]:
+        """The fitted plan as :class:`Segment` records, in order of decreasing variance."""
+        self.require_fitted()
+        out, start, code, col = [], 0, 0, 0
+        coded = sum(1 for _, b in self.plan if b > 0)
+        for length, b in self.plan:
+            variance = float(self.variances[start : start + length].sum())
+            if b > 0:
+                seg = Segment(start, start + length, b, (col, col + 1), variance, code, self.rotations[code])
+                code, col = code + 1, col + 2
+            else:  # the dropped tail's norm follows every coded segment's two factors
+                seg = Segment(start, start + length, 0, (2 * coded,), variance)
+            out.append(seg)
+            start += length
+        return out
+
+    def check_codes(self, codes: SAQCodes) -> None:
+        """Raise :class:`~vqlib.quantizers.CodesMismatchError` unless ``codes`` fit this codec's plan."""
+        self.require_fitted()
+        if not isinstance(codes, SAQCodes):
+            raise self.codes_mismatch(f"expected SAQCodes, got {type(codes).__name__}")
+        coded = [(length, b) for length, b in self.plan if b > 0]
+        if len(codes.packed) != len(coded):
+            raise self.codes_mismatch(f"{len(codes.packed)} coded segments, this plan has {len(coded)}")
+        if codes.factors.shape != (codes.n, plan_num_factors(self.plan)):
+            raise self.codes_mismatch(
+                f"factors of shape {tuple(codes.factors.shape)}, expected ({codes.n}, {plan_num_factors(self.plan)})"
+            )
+        for j, (p, (length, b)) in enumerate(zip(codes.packed, coded)):
+            if p.shape != (codes.n, packed_size(length, b)):
+                raise self.codes_mismatch(
+                    f"segment {j} holds {tuple(p.shape)} packed bytes, expected ({codes.n}, {packed_size(length, b)}) "
+                    f"for {length} dimensions at {b} bits"
+                )
+
+    def unpack(self, codes: SAQCodes) -> list[tuple[Segment, torch.Tensor]]:
+        """``(segment, integer codes (n, length) int64)`` for each coded segment of ``codes``."""
+        self.check_codes(codes)
+        return [(s, unpack_bits(codes.packed[s.code], s.bits, s.length)) for s in self.segments() if s.coded]
 
     # ---- encode / decode ---------------------------------------------------
-
-    def _segments(self):
-        """Yields (start, length, bits, rotation or None) for each segment of the plan."""
-        start, r = 0, 0
-        for length, b in self.plan:
-            rot = None
-            if b > 0:
-                rot, r = self.rotations[r], r + 1
-            yield start, length, b, rot
-            start += length
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         """Centre and project onto the principal axes (distances are preserved)."""
@@ -350,40 +459,35 @@ class SAQ(nn.Module):
     @torch.no_grad()
     def encode(self, x, batch_size: int = 65536) -> SAQCodes:
         """Encode vectors ``(n, dim)`` into :class:`SAQCodes`."""
-        self._require_trained()
+        self.require_fitted()
         x = self._check(x, "vectors")
-        parts = [self._encode_block(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        return SAQCodes.cat(parts) if parts else self._encode_block(x)
+        segments = self.segments()
+        parts = [self._encode_block(x[i : i + batch_size], segments) for i in range(0, len(x), batch_size)]
+        return SAQCodes.cat(parts) if parts else self._encode_block(x, segments)
 
-    def _encode_block(self, x: torch.Tensor) -> SAQCodes:
+    def _encode_block(self, x: torch.Tensor, segments: list[Segment]) -> SAQCodes:
         o = self.transform(x)
         packed, factors, tail = [], [], None
-        for start, length, b, rot in self._segments():
-            seg = o[:, start : start + length]
-            if b == 0:
+        for s in segments:
+            seg = o[:, s.start : s.stop]
+            if not s.coded:
                 tail = seg.double().square().sum(1).float()
                 continue
-            codes, norm2, rescale = caq_codes(seg @ rot, b, self.rounds)
-            packed.append(pack_bits(codes, b))
+            codes, norm2, rescale = caq_codes(seg @ s.rotation, s.bits, self.rounds)
+            packed.append(pack_bits(codes, s.bits))
             factors += [norm2, rescale]
         if tail is not None:
             factors.append(tail)
         return SAQCodes(packed, torch.stack(factors, 1) if factors else torch.zeros(len(x), 0), len(x))
 
-    def _unpacked(self, codes: SAQCodes):
-        """Yields (start, length, bits, rotation, int codes, norm2, rescale) per coded segment."""
-        self._check_codes(codes)
-        k = 0
-        for j, (start, length, b, rot) in enumerate(s for s in self._segments() if s[2] > 0):
-            yield start, length, b, rot, unpack_bits(codes.packed[j], b, length), codes.factors[:, k], codes.factors[:, k + 1]
-            k += 2
-
     @torch.no_grad()
     def decode(self, codes: SAQCodes) -> torch.Tensor:
         """Reconstruct ``(n, dim)`` vectors (dropped segments come back as the mean)."""
+        parts = self.unpack(codes)
         o = torch.zeros(codes.n, self.dim)
-        for start, length, b, rot, c, norm2, rescale in self._unpacked(codes):
-            o[:, start : start + length] = caq_reconstruct(c, norm2, rescale, b) @ rot.T
+        for s, c in parts:
+            norm2, rescale = codes.factors[:, s.factors[0]], codes.factors[:, s.factors[1]]
+            o[:, s.start : s.stop] = caq_reconstruct(c, norm2, rescale, s.bits) @ s.rotation.T
         return o @ self.basis.T + self.mean
 
     # ---- estimation ----------------------------------------------------------
@@ -398,15 +502,16 @@ class SAQ(nn.Module):
         return self._estimate_ip(qo, codes, code_bits)
 
     def _estimate_ip(self, qo: torch.Tensor, codes: SAQCodes, code_bits: int | None = None) -> torch.Tensor:
+        parts = self.unpack(codes)
         ip = torch.zeros(len(qo), codes.n)
-        for start, length, b, rot, c, _, rescale in self._unpacked(codes):
-            cb = None if code_bits is None else min(b, code_bits)
-            ip += caq_inner_products(qo[:, start : start + length] @ rot, c, rescale, b, cb)
+        for s, c in parts:
+            cb = None if code_bits is None else min(s.bits, code_bits)
+            ip += caq_inner_products(qo[:, s.start : s.stop] @ s.rotation, c, codes.factors[:, s.factors[1]], s.bits, cb)
         return ip
 
     def norms2(self, codes: SAQCodes) -> torch.Tensor:
         """Stored ``‖x − mean‖²`` per vector (all segments, dropped ones included)."""
-        self._check_codes(codes)
+        self.check_codes(codes)
         f = codes.factors
         coded = f[:, 0 : 2 * sum(1 for _, b in self.plan if b > 0) : 2].sum(1)
         return coded + (f[:, -1] if any(b == 0 for _, b in self.plan) else 0)
@@ -431,19 +536,6 @@ class SAQ(nn.Module):
             raise ValueError(f"{what}: contain NaN or Inf")
         return x
 
-    def _require_trained(self) -> None:
-        if not self.is_trained:
-            raise RuntimeError(f"{type(self).__name__} is not trained: call fit(x) first")
-
-    def _check_codes(self, codes: SAQCodes) -> None:
-        self._require_trained()
-        coded = [(length, b) for length, b in self.plan if b > 0]
-        if len(codes.packed) != len(coded) or codes.factors.shape != (codes.n, plan_num_factors(self.plan)):
-            raise ValueError("codes were not produced by this codec (segment plan differs)")
-        for p, (length, b) in zip(codes.packed, coded):
-            if p.shape != (codes.n, packed_size(length, b)):
-                raise ValueError("codes were not produced by this codec (packed sizes differ)")
-
     # ---- state ---------------------------------------------------------------
 
     def get_extra_state(self):
@@ -463,24 +555,14 @@ class SAQ(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        plan = ", ".join(f"{length}x{b}b" for length, b in self.plan) or "untrained"
+        plan = ", ".join(f"{length}x{b}b" for length, b in self.plan) or "unfitted"
         return f"dim={self.dim}, bits={self.bits:g}, plan=[{plan}]"
 
 
 class CAQ(SAQ):
-    """CAQ alone (arXiv 2509.12086): one segment over all dimensions, integer ``bits``, random rotation, code adjustment."""
+    """CAQ alone (arXiv 2509.12086): SAQ with the one-segment plan ``[(dim, bits)]`` (integer ``bits``)."""
 
     def __init__(self, dim: int, bits: int, rounds: int = 6, seed: int = 0):
         if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
             raise ValueError(f"CAQ bits must be an integer in [1, {MAX_BITS}], got {bits!r}")
-        super().__init__(dim, bits, granularity=dim, rounds=rounds, seed=seed)
-
-    def _plan(self, variances):
-        return [(self.dim, int(self.bits))]
-
-
-def _random_rotation(n: int, generator: torch.Generator) -> torch.Tensor:
-    """A Haar-random orthonormal ``n × n`` matrix (QR of a Gaussian with the sign fix)."""
-    a = torch.randn(n, n, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(a)
-    return (q * torch.sign(torch.diagonal(r))).float()
+        super().__init__(dim, bits, granularity=dim, rounds=rounds, seed=seed, plan=[(dim, bits)])
