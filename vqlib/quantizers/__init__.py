@@ -17,6 +17,7 @@ from .lr2vq import (
     decompress_model,
     finetune,
 )
+from .module_swap import SwappedModule, SwapReport, swap_modules
 from .nearest import METRICS, nearest
 from .packing import pack_bits, packed_size, unpack_bits
 from .pvq import (
@@ -60,6 +61,8 @@ __all__ = [
     "SAQ",
     "SAQCodes",
     "SimVQ",
+    "SwapReport",
+    "SwappedModule",
     "Usage",
     "VQBridge",
     "VectorQuantizer",
@@ -81,5 +84,6 @@ __all__ = [
     "pvq_size",
     "pvq_words",
     "subsample",
+    "swap_modules",
     "unpack_bits",
 ]
