@@ -325,7 +325,7 @@ def mean_std(values) -> str:
 
 def compress_tune(data: Digits, base: nn.Module, m: int, r: int, k: int, seed: int, steps: int, layers=None):
     """Accuracy compressed, fine-tuned fixed, fine-tuned soft; and the compression report."""
-    comp = compress_model(copy.deepcopy(base), m, r, k, layers=layers, seed=seed)
+    comp = compress_model(copy.deepcopy(base), vector_size=m, codebook_size=k, rank=r, layers=layers, seed=seed)
     rep = compression_report(comp)
     fixed = data.tune(copy.deepcopy(comp), steps)
     soft = data.tune(copy.deepcopy(comp), steps, "soft")
@@ -375,7 +375,7 @@ def lr2vq_recipe(seeds: int, ctx: dict) -> str:
     rows = []
     for m, r, k in RECIPE_CONFIGS:
         # the low-rank stage has no k-means, so it does not depend on the seed: trained once
-        low = data.tune(compress_model(copy.deepcopy(base), m, r, None), STEPS)
+        low = data.tune(compress_model(copy.deepcopy(base), vector_size=m, codebook_size=None, rank=r), STEPS)
         low_acc = data.accuracy(low)
         dense_low = decompress_model(low)
         res = []

@@ -11,9 +11,11 @@ from vqlib.kernels import (
     choose_kernel,
     code_dtype,
     quantize_linear,
+    quantize_model,
     vq_linear_reference,
     vq_lut_linear_reference,
 )
+from vqlib.quantizers import CodesMismatchError, NotFittedError
 
 
 def random_layer(n, d, v, k, groups=1, signs=True, scales=True, bias=True, dtype=torch.float16, seed=0):
@@ -29,7 +31,7 @@ def random_layer(n, d, v, k, groups=1, signs=True, scales=True, bias=True, dtype
 def naive_weight(layer: VQLinear, neg: torch.Tensor | None) -> torch.Tensor:
     """The format's definition, one weight at a time."""
     n, d, v = layer.out_features, layer.in_features, layer.vector_size
-    rows = n // layer.num_codebooks
+    rows = n // layer.num_groups
     codes = layer.codes.long() & 0xFFFF
     w = torch.empty(n, d)
     for i in range(n):
@@ -108,7 +110,7 @@ def test_safetensors_round_trip(tmp_path, signs, dtype):
     back = VQLinear.from_state_dict(st.load_file(tmp_path / "layer.safetensors"), kernel="reference")
     for name, t in layer.state_dict().items():
         assert back.state_dict()[name].dtype == t.dtype and torch.equal(back.state_dict()[name], t), name
-    assert (back.vector_size, back.codebook_size, back.num_codebooks) == (2, 300, 2)
+    assert (back.vector_size, back.codebook_size, back.num_groups) == (2, 300, 2)
     x = torch.randn(5, 20)
     torch.testing.assert_close(back(x), layer(x), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="signs|size mismatch"):
@@ -124,7 +126,7 @@ def test_forward_reference_paths_and_shapes():
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
     layer.kernel = "auto"  # one row on CPU goes through the tables
     torch.testing.assert_close(layer(x[0, 0]), want[0, 0], rtol=1e-5, atol=1e-5)
-    assert layer._pick(x[0, :1]) == "reference-lut" and layer._pick(x[0]) == "reference"
+    assert layer.kernel_for(x[0, :1]) == "reference-lut" and layer.kernel_for(x[0]) == "reference"
     # non-contiguous input: same numbers
     xt = torch.randn(24, 6).T
     torch.testing.assert_close(layer(xt), layer(xt.contiguous()), rtol=1e-5, atol=1e-5)
@@ -141,8 +143,8 @@ def test_quantize_linear_by_kmeans():
         errs.append(((q.dequantize(torch.float32) - w).norm() / w.norm()).item())
         torch.testing.assert_close(q.bias, lin.bias.detach())
     assert errs[1] < errs[0] < 1.0
-    sq = quantize_linear(lin, vector_size=4, codebook_size=16, num_codebooks=2, signs=True)
-    assert sq.signs is not None and sq.num_codebooks == 2
+    sq = quantize_linear(lin, vector_size=4, codebook_size=16, num_groups=2, signs=True)
+    assert sq.signs is not None and sq.num_groups == 2
     wq = sq.dequantize(torch.float32)
     assert torch.equal(wq[wq != 0] < 0, w[wq != 0] < 0)  # stored signs are the weights' signs
     assert (sq.codebook >= 0).all()  # magnitudes
@@ -185,7 +187,7 @@ def test_bad_construction():
     with pytest.raises(ValueError, match="must divide in_features"):
         VQLinear(10, 8, vector_size=4)
     with pytest.raises(ValueError, match="must divide out_features"):
-        VQLinear(16, 8, num_codebooks=3)
+        VQLinear(16, 8, num_groups=3)
     with pytest.raises(ValueError, match="kernel must be one of"):
         VQLinear(16, 8, kernel="cuda")
 
@@ -220,3 +222,112 @@ def test_quantize_bits_on_a_realistic_shape():
     lin = nn.Linear(256, 64, bias=False)
     q = quantize_linear(lin, vector_size=4, codebook_size=256, iters=2, scales=False)
     assert math.isclose(q.bits_per_weight, 2 + 256 * 4 * 16 / (64 * 256))
+
+
+# ---- the codec contract, save_pretrained, quantize_model ------------------------------
+
+
+def test_vq_linear_is_the_weight_codec():
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 8)
+    layer = VQLinear(32, 8, vector_size=4, codebook_size=16, num_groups=2, signs=True)
+    assert not layer.is_fitted
+    with pytest.raises(NotFittedError, match=r"VQLinear is not fitted: call fit\(x\) first"):
+        layer.encode(lin.weight)
+    with pytest.raises(NotFittedError, match="call fit"):
+        layer(torch.randn(2, 32))
+    assert layer.fit(lin.weight, generator=torch.Generator().manual_seed(0)) is layer and layer.is_fitted
+    codes = layer.encode(lin.weight)
+    # fit stored exactly what encode gives; decode is the layer's own weight
+    assert torch.equal(codes.codes, layer.codes) and torch.equal(codes.signs, layer.signs)
+    assert torch.equal(codes.scales, layer.scales)
+    assert torch.equal(layer.decode(codes, torch.float32), layer.dequantize(torch.float32))
+    # another weight: each sub-vector of the normalised magnitudes gets its nearest codeword of its group
+    other = torch.randn(8, 32)
+    enc = layer.encode(other)
+    s = other.pow(2).mean(1).sqrt()
+    mags = (other / s[:, None]).abs().reshape(2, -1, 4)
+    for g in range(2):
+        dist = torch.cdist(mags[g], layer.codebook[g].float())
+        picked = dist.gather(1, enc.codes[g * 4 : (g + 1) * 4].long().reshape(-1, 1))
+        torch.testing.assert_close(picked[:, 0], dist.min(1).values)
+    wq = layer.decode(enc, torch.float32)
+    assert torch.equal(wq[wq != 0] < 0, other[wq != 0] < 0)
+    # code_size: every stored byte per output row
+    stored = 8 * 8 * 1 + 2 * 16 * 4 * 2 + 8 * 4 + 8 * 4  # codes, fp16 codebook, fp32 scales, packed signs
+    assert layer.code_dim == 32 and layer.code_size == stored / 8
+    assert layer.bits_per_weight == pytest.approx(8 * stored / (8 * 32))
+
+
+def test_vq_linear_refuses_foreign_codes():
+    lin = nn.Linear(16, 8)
+    layer = quantize_linear(lin, vector_size=4, codebook_size=16)
+    codes = layer.encode(lin.weight)
+    with pytest.raises(CodesMismatchError, match=r"not produced by this VQLinear \(this layer keeps scales\)"):
+        layer.decode(codes._replace(scales=None))
+    with pytest.raises(CodesMismatchError, match="this layer has no signs"):
+        layer.decode(codes._replace(signs=torch.zeros(8, 2, dtype=torch.uint8)))
+    with pytest.raises(CodesMismatchError, match=r"expected VQCodes"):
+        layer.decode(codes.codes)
+    with pytest.raises(CodesMismatchError, match=r"codes hold 2 sub-vectors"):
+        layer.decode(codes._replace(codes=codes.codes[:, :2]))
+    big = quantize_linear(lin, vector_size=4, codebook_size=300, iters=1)
+    with pytest.raises(CodesMismatchError, match=r"stores torch.int16 codes, got torch.uint8"):
+        big.decode(codes)
+    with pytest.raises(ValueError, match=r"expected an \(out_features, in_features\) = \(8, 16\) weight"):
+        layer.encode(torch.randn(16, 8))
+
+
+@pytest.mark.parametrize("signs,dtype", [(True, torch.bfloat16), (False, torch.float32)])
+def test_save_pretrained_round_trip(tmp_path, signs, dtype):
+    layer = random_layer(12, 20, 2, 300, groups=2, signs=signs, dtype=dtype)
+    layer.save_pretrained(tmp_path)
+    back = VQLinear.from_pretrained(tmp_path)
+    assert back.config == layer.config and back.is_fitted
+    assert back.config["init_args"]["num_groups"] == 2 and "device" not in back.config["init_args"]
+    for name, t in layer.state_dict().items():
+        assert back.state_dict()[name].dtype == t.dtype and torch.equal(back.state_dict()[name], t), name
+    x = torch.randn(5, 20)
+    torch.testing.assert_close(back(x), layer(x), rtol=0, atol=0)
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8))
+
+
+def test_quantize_model_swaps_the_linear_layers():
+    model, dense = _mlp(), _mlp()
+    report = quantize_model(model, vector_size=4, codebook_size=16, exclude=["4"], seed=1)
+    assert report.names == ["0", "2"] and {s.new_type for s in report} == {VQLinear}
+    assert type(model[4]) is nn.Linear
+    # each layer is what quantize_linear gives with the same generator, layer after layer
+    gen = torch.Generator().manual_seed(1)
+    for i in (0, 2):
+        want = quantize_linear(dense[i], vector_size=4, codebook_size=16, generator=gen)
+        assert torch.equal(model[i].codes, want.codes) and torch.equal(model[i].codebook, want.codebook)
+    x = torch.randn(3, 16)
+    assert model(x).shape == (3, 8)
+    with pytest.raises(ValueError, match=r"layer '0': vector_size 3 must divide in_features 16"):
+        quantize_model(_mlp(), vector_size=3)
+
+
+def test_quantize_model_is_all_or_nothing_and_keeps_ties():
+    model = _mlp()
+    kinds = [type(m) for m in model]
+    with pytest.raises(ValueError, match=r"layer '4': num_groups 16 must divide out_features 8"):
+        quantize_model(model, codebook_size=4, num_groups=16, iters=1)  # '0' and '2' (32 rows) are built first
+    assert [type(m) for m in model] == kinds
+
+    torch.manual_seed(0)
+    shared, twin = nn.Linear(8, 8), nn.Linear(8, 8)
+    twin.weight = shared.weight
+    tied = nn.Sequential(shared, nn.ReLU(), shared, twin)
+    quantize_model(tied, codebook_size=4)
+    assert tied[0] is tied[2] and isinstance(tied[3], VQLinear)
+    assert tied[3].codes is tied[0].codes and tied[3].codebook is tied[0].codebook
+    assert not torch.equal(tied[3].bias, tied[0].bias)  # each keeps its own bias
+    with pytest.raises(ValueError, match="no nn.Linear layer to quantize"):
+        quantize_model(tied)
+    with pytest.raises(ValueError, match="use quantize_linear"):
+        quantize_model(nn.Linear(4, 4))

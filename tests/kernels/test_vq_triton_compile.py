@@ -56,7 +56,9 @@ def test_kernels_compile_for_sm90():
     triton = pytest.importorskip("triton")
     pytest.importorskip("triton.backends.nvidia")
     if tuple(int(p) for p in triton.__version__.split(".")[:2]) < (3, 4):
-        pytest.skip("the ahead-of-time compile API used here (ASTSource with 'constexpr' signatures) needs triton >= 3.4")
+        pytest.skip(
+            "the ahead-of-time compile API used here (ASTSource with 'constexpr' signatures) needs triton >= 3.4"
+        )
     env = {k: val for k, val in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")

@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from vqlib.quantizers.codec import CodesMismatchError, NotFittedError
 from vqlib.quantizers.lr2vq import (
     LR2VQConv2d,
     LR2VQLinear,
@@ -26,12 +27,12 @@ def _linear(in_features, out_features, seed=0, bias=True):
 def test_compression_ratio_formula():
     # n = 2048 weights, N = 256 subvectors of m = 8, rank 4, k = 16:
     # bits = 256·4 + 32·(16·4 + 4·8) = 1024 + 3072 = 4096, ratio = 32·2048 / 4096 = 16
-    q = LR2VQLinear.from_module(_linear(64, 32), m=8, rank=4, k=16)
+    q = LR2VQLinear.from_module(_linear(64, 32), vector_size=8, rank=4, codebook_size=16)
     assert q.vq.code_bits == 4 and q.vq.bits == 4096 and q.compression_ratio == 16.0
     assert q.vq.codes.dtype == torch.uint8 and q.vq.codes.numel() == 128 == packed_size(256, 4)
 
     model = nn.Sequential(_linear(64, 32), nn.ReLU(), _linear(32, 16))
-    compress_model(model, m=8, rank=4, k=16)
+    compress_model(model, vector_size=8, rank=4, codebook_size=16)
     report = compression_report(model)
     # second layer: N = 64, bits = 64·4 + 3072 = 3328
     assert [(r.name, r.n, r.bits) for r in report.layers] == [("0", 2048, 4096), ("2", 512, 3328)]
@@ -40,8 +41,8 @@ def test_compression_ratio_formula():
     assert report.model_ratio == (32 * 2560 + 32 * 48) / (7424 + 32 * 48)
 
     # ⌈log2 k⌉ bits for other k; none at all for k = 1
-    assert LR2VQLinear(64, 32, m=8, rank=4, k=10).vq.code_bits == 4
-    one = LR2VQLinear(64, 32, m=8, rank=4, k=1)
+    assert LR2VQLinear(64, 32, vector_size=8, rank=4, codebook_size=10).vq.code_bits == 4
+    one = LR2VQLinear(64, 32, vector_size=8, rank=4, codebook_size=1)
     assert one.vq.code_bits == 0 and one.vq.codes.numel() == 0 and one.vq.bits == 32 * (4 + 32)
 
 
@@ -54,7 +55,7 @@ def test_full_rank_with_enough_centroids_is_exact(k):
     layer = nn.Linear(16, 8)
     with torch.no_grad():
         layer.weight.copy_(rows.reshape(8, 16))
-    q = LR2VQLinear.from_module(layer, m=4, rank=4, k=k)
+    q = LR2VQLinear.from_module(layer, vector_size=4, rank=4, codebook_size=k)
     torch.testing.assert_close(q.weight, layer.weight, rtol=0, atol=1e-5)
     x = torch.randn(3, 16, generator=g)
     torch.testing.assert_close(q(x), layer(x), rtol=0, atol=1e-5)
@@ -67,7 +68,7 @@ def test_projection_is_the_truncated_svd():
     x = layer.weight.detach().reshape(-1, 8)
     s = torch.linalg.svdvals(x)
     for rank in (2, 5, 8):
-        q = LR2VQLinear.from_module(layer, m=8, rank=rank, k=x.shape[0])
+        q = LR2VQLinear.from_module(layer, vector_size=8, rank=rank, codebook_size=x.shape[0])
         err = (q.weight - layer.weight).square().sum()
         torch.testing.assert_close(err, s[rank:].square().sum(), rtol=1e-4, atol=1e-6)
 
@@ -77,13 +78,15 @@ def test_error_decreases_as_k_grows():
     for rank in (2, 4):
         errors = []
         for k in (2, 8, 32, 128, 512):
-            q = LR2VQLinear.from_module(layer, m=4, rank=rank, k=k, generator=torch.Generator().manual_seed(0))
+            q = LR2VQLinear.from_module(
+                layer, vector_size=4, rank=rank, codebook_size=k, generator=torch.Generator().manual_seed(0)
+            )
             errors.append(float((q.weight - layer.weight).detach().square().mean()))
         assert all(a > b for a, b in zip(errors, errors[1:])), errors
 
 
 def test_gradients_reach_centroids_and_projection_not_assignments():
-    q = LR2VQLinear.from_module(_linear(32, 16), m=4, rank=2, k=8)
+    q = LR2VQLinear.from_module(_linear(32, 16), vector_size=4, rank=2, codebook_size=8)
     assert {n for n, _ in q.named_parameters()} == {"vq.centroids", "vq.proj", "bias"}
     assert not q.vq.assign.is_floating_point() and not q.vq.codes.is_floating_point()
     codes, weight = q.vq.codes.clone(), q.weight.detach().clone()
@@ -96,7 +99,7 @@ def test_gradients_reach_centroids_and_projection_not_assignments():
 
 
 def test_soft_assignments_train_the_representation_and_harden():
-    q = LR2VQLinear.from_module(_linear(32, 16), m=4, rank=2, k=8)
+    q = LR2VQLinear.from_module(_linear(32, 16), vector_size=4, rank=2, codebook_size=8)
     hard = q.weight.detach().clone()
     q.vq.soften(temperature=1e-3)
     assert q.vq.latent is not None and q.vq.latent.shape == (128, 2)
@@ -138,7 +141,7 @@ def test_finetune_recovers_accuracy_lost_by_compression():
             return (m(xte).argmax(1) == yte).float().mean().item()
 
     original = accuracy(model)
-    compressed = compress_model(copy.deepcopy(model), m=8, rank=2, k=4)
+    compressed = compress_model(copy.deepcopy(model), vector_size=8, rank=2, codebook_size=4)
     lost = accuracy(compressed)
     assert original > 0.95 and lost < original - 0.3
     loader = [(xtr[i : i + 150], ytr[i : i + 150]) for i in range(0, 900, 150)]
@@ -160,13 +163,13 @@ def test_conv2d_shapes_and_exact_full_rank():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=1, groups=2, bias=False)
     cols = 2 * 3 * 2  # in/groups·kh·kw
-    q = LR2VQConv2d.from_module(conv, m=3, rank=3, k=6 * cols // 3)
+    q = LR2VQConv2d.from_module(conv, vector_size=3, rank=3, codebook_size=6 * cols // 3)
     assert q.weight.shape == conv.weight.shape == (6, 2, 3, 2) and q.bias is None
     x = torch.randn(2, 4, 9, 7)
     torch.testing.assert_close(q(x), conv(x), rtol=0, atol=1e-5)
 
     # the layout: output channel o's flattened weights, cut in blocks of m
-    q = LR2VQConv2d.from_module(conv, m=4, rank=2, k=5)
+    q = LR2VQConv2d.from_module(conv, vector_size=4, rank=2, codebook_size=5)
     sub = q.vq.centroids[q.vq.assign] @ q.vq.proj
     assert torch.equal(q.weight.reshape(6, cols), sub.reshape(6, cols))
     out = q(x)
@@ -181,7 +184,7 @@ def _cnn():
 
 @pytest.mark.parametrize("k", [6, 16])  # 3 bits (bit stream packing) and 4 bits (nibbles)
 def test_state_dict_round_trip_through_safetensors(tmp_path, k):
-    model = compress_model(_cnn(), m=3, rank=2, k=k)
+    model = compress_model(_cnn(), vector_size=3, rank=2, codebook_size=k)
     x = torch.randn(2, 3, 4, 4)
     finetune(model, [(x, torch.tensor([1, 2]))], F.cross_entropy, steps=3, lr=1e-2, assignments="soft")
     state = model.state_dict()
@@ -190,7 +193,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path, k):
     assert state["3.vq.codes"].numel() == packed_size(6 * 4 * 4 * 6 // 3, (k - 1).bit_length())
     save_file(state, tmp_path / "lr2vq.safetensors")
 
-    loaded = compress_model(_cnn(), m=3, rank=2, k=k, init="empty")
+    loaded = compress_model(_cnn(), vector_size=3, rank=2, codebook_size=k, init="empty")
     assert not torch.equal(loaded(x), model(x))
     loaded.load_state_dict(load_file(tmp_path / "lr2vq.safetensors"))
     assert torch.equal(loaded[3].vq.assign, model[3].vq.assign)
@@ -198,7 +201,7 @@ def test_state_dict_round_trip_through_safetensors(tmp_path, k):
 
 
 def test_finetune_all_parameters_and_pickling(tmp_path):
-    model = compress_model(_cnn(), m=3, rank=2, k=8)
+    model = compress_model(_cnn(), vector_size=3, rank=2, codebook_size=8)
     bias = model[3].bias.detach().clone()
     batch = [(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 2, 3]))]
     finetune(model, batch, F.cross_entropy, steps=2, lr=1e-2, train="all")
@@ -210,13 +213,13 @@ def test_finetune_all_parameters_and_pickling(tmp_path):
 
 
 def test_low_rank_stage_then_clustering():
-    # k=None: R·P with no clustering (the paper's low-rank pre-training stage), no codes stored
+    # codebook_size=None: R·P with no clustering (the paper's low-rank pre-training stage), no codes stored
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
     x = torch.randn(4, 32)
-    compress_model(model, m=8, rank=3, k=None)
+    compress_model(model, vector_size=8, rank=3, codebook_size=None)
     vq = model[0].vq
-    assert vq.k == 64 and vq.code_bits == 0 and vq.codes.numel() == 0 and vq.bits == 32 * (64 * 3 + 3 * 8)
+    assert vq.codebook_size == 64 and vq.code_bits == 0 and vq.codes.numel() == 0 and vq.bits == 32 * (64 * 3 + 3 * 8)
     assert torch.equal(vq.assign, torch.arange(64))
     with pytest.raises(ValueError, match=r"soft assignments need a clustered layer"):
         vq.soften()
@@ -229,43 +232,45 @@ def test_low_rank_stage_then_clustering():
     assert type(model[0]) is nn.Linear and type(model[2]) is nn.Linear
     torch.testing.assert_close(model(x), low_rank)
     assert torch.linalg.matrix_rank(model[0].weight.detach().reshape(-1, 8)) == 3
-    compress_model(model, m=8, rank=3, k=64, layers=["0"])
+    compress_model(model, vector_size=8, rank=3, codebook_size=64, layers=["0"])
     torch.testing.assert_close(model(x), low_rank, rtol=0, atol=1e-5)
 
 
 def test_compress_model_chooses_layers():
-    model = compress_model(_cnn(), m=3, rank=2, k=8, layers=["3"])
+    model = compress_model(_cnn(), vector_size=3, rank=2, codebook_size=8, layers=["3"])
     assert type(model[0]) is nn.Conv2d and isinstance(model[3], LR2VQLinear)
     # already compressed layers are not nn.Linear any more: a second call compresses the rest
-    compress_model(model, m=9, rank=4, k=4)
-    assert isinstance(model[0], LR2VQConv2d) and model[0].vq.m == 9 and model[3].vq.m == 3
+    compress_model(model, vector_size=9, rank=4, codebook_size=4)
+    assert isinstance(model[0], LR2VQConv2d) and model[0].vq.vector_size == 9 and model[3].vq.vector_size == 3
 
 
 def test_bad_input():
     layer = _linear(10, 4)
-    with pytest.raises(ValueError, match=r"m=3 must divide in_features=10"):
-        LR2VQLinear.from_module(layer, m=3, rank=2, k=4)
-    with pytest.raises(ValueError, match=r"rank \(d̃\) must be in \[1, m=5\].*got 6"):
-        LR2VQLinear.from_module(layer, m=5, rank=6, k=4)
-    with pytest.raises(ValueError, match=r"k must be in \[1, 8\] \(the number of subvectors of size 5\), got 0"):
-        LR2VQLinear.from_module(layer, m=5, rank=2, k=0)
-    with pytest.raises(ValueError, match=r"k must be in \[1, 8\].*got 9"):
-        LR2VQLinear.from_module(layer, m=5, rank=2, k=9)
+    with pytest.raises(ValueError, match=r"vector_size=3 must divide in_features=10"):
+        LR2VQLinear.from_module(layer, vector_size=3, rank=2, codebook_size=4)
+    with pytest.raises(ValueError, match=r"rank \(d̃\) must be in \[1, vector_size=5\].*got 6"):
+        LR2VQLinear.from_module(layer, vector_size=5, rank=6, codebook_size=4)
+    with pytest.raises(
+        ValueError, match=r"codebook_size must be in \[1, 8\] \(the number of subvectors of size 5\), got 0"
+    ):
+        LR2VQLinear.from_module(layer, vector_size=5, rank=2, codebook_size=0)
+    with pytest.raises(ValueError, match=r"codebook_size must be in \[1, 8\].*got 9"):
+        LR2VQLinear.from_module(layer, vector_size=5, rank=2, codebook_size=9)
     with torch.no_grad():
         layer.weight[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"weight contains NaN or inf"):
-        LR2VQLinear.from_module(layer, m=5, rank=2, k=4)
-    with pytest.raises(ValueError, match=r"m=2 must divide in_channels/groups·kh·kw=27"):
-        LR2VQConv2d.from_module(nn.Conv2d(3, 4, 3), m=2, rank=1, k=2)
+        LR2VQLinear.from_module(layer, vector_size=5, rank=2, codebook_size=4)
+    with pytest.raises(ValueError, match=r"vector_size=2 must divide in_channels/groups·kh·kw=27"):
+        LR2VQConv2d.from_module(nn.Conv2d(3, 4, 3), vector_size=2, rank=1, codebook_size=2)
     with pytest.raises(ValueError, match=r"padding_mode='zeros'"):
-        LR2VQConv2d.from_module(nn.Conv2d(3, 4, 3, padding_mode="reflect"), m=3, rank=1, k=2)
-    with pytest.raises(ValueError, match=r"layer '3': m=7 must divide in_features=96"):
-        compress_model(_cnn(), m=7, rank=2, k=4, layers=["3"])
+        LR2VQConv2d.from_module(nn.Conv2d(3, 4, 3, padding_mode="reflect"), vector_size=3, rank=1, codebook_size=2)
+    with pytest.raises(ValueError, match=r"layer '3': vector_size=7 must divide in_features=96"):
+        compress_model(_cnn(), vector_size=7, rank=2, codebook_size=4, layers=["3"])
     with pytest.raises(ValueError, match=r"layer 'head' is not an nn.Linear or nn.Conv2d \(no such module\)"):
-        compress_model(_cnn(), m=3, rank=2, k=4, layers=["head"])
+        compress_model(_cnn(), vector_size=3, rank=2, codebook_size=4, layers=["head"])
     with pytest.raises(ValueError, match=r"init must be one of"):
-        compress_model(_cnn(), m=3, rank=2, k=4, init="random")
-    model = compress_model(_cnn(), m=3, rank=2, k=4)
+        compress_model(_cnn(), vector_size=3, rank=2, codebook_size=4, init="random")
+    model = compress_model(_cnn(), vector_size=3, rank=2, codebook_size=4)
     batch = [(torch.randn(1, 3, 4, 4), torch.tensor([0]))]
     with pytest.raises(ValueError, match=r"assignments must be one of \('fixed', 'soft'\)"):
         finetune(model, batch, F.cross_entropy, steps=1, assignments="hard")
@@ -274,7 +279,77 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"loader yielded no batch"):
         finetune(model, [], F.cross_entropy, steps=1)
     with pytest.raises(ValueError, match=r"stored codes reach 7, outside the 5 centroids"):
-        q = LR2VQWeight(4, 10, m=5, rank=2, k=5)
+        q = LR2VQWeight(4, 10, vector_size=5, rank=2, codebook_size=5)
         state = q.state_dict()
         state["codes"] = torch.full_like(state["codes"], 255)
         q.load_state_dict(state)
+
+
+# ---- the codec contract and save_pretrained --------------------------------------------
+
+
+def test_weight_codec_contract():
+    layer = _linear(32, 16)
+    codec = LR2VQWeight(16, 32, vector_size=4, codebook_size=8, rank=2)
+    assert not codec.is_fitted
+    with pytest.raises(NotFittedError, match=r"LR2VQWeight is not fitted: call fit\(x\) first"):
+        codec.encode(layer.weight)
+    with pytest.raises(NotFittedError, match="call fit"):
+        codec.decode(codec.codes)
+    assert codec.fit(layer.weight, generator=torch.Generator().manual_seed(0)) is codec and codec.is_fitted
+    codes = codec.encode(layer.weight)
+    # fit's own assignments are the nearest centroids of R = X·Pᵀ (Lloyd ends on an assignment step)
+    assert codes.dtype == torch.uint8 and torch.equal(codes, codec.codes)
+    torch.testing.assert_close(codec.decode(codes), codec())
+    # another weight: its nearest centroids, one by one
+    other = torch.randn(16, 32)
+    r = other.reshape(-1, 4) @ codec.proj.detach().T
+    brute = torch.cdist(r, codec.centroids.detach()).argmin(1)
+    want = (codec.centroids[brute] @ codec.proj).reshape(16, 32)
+    torch.testing.assert_close(codec.decode(codec.encode(other)), want)
+    # code_size: packed codes (128 subvectors · 3 bits = 48 bytes) + fp32 C (8×2) and P (2×4), per row
+    assert codec.code_dim == 32 and codec.code_size == (48 + 4 * (16 + 8)) / 16
+    assert codec.bits_per_weight == 8 * codec.code_size / 32 == (48 + 96) * 8 / (16 * 32)
+
+
+def test_weight_codec_refuses_foreign_codes():
+    codec = LR2VQWeight(4, 10, vector_size=5, codebook_size=5, rank=2).fit(torch.randn(4, 10))
+    with pytest.raises(CodesMismatchError, match=r"not produced by this LR2VQWeight \(expected 3 uint8 bytes"):
+        codec.decode(torch.zeros(4, dtype=torch.uint8))
+    with pytest.raises(CodesMismatchError, match=r"expected 3 uint8 bytes .* got torch.int64"):
+        codec.decode(torch.zeros(3, dtype=torch.long))
+    with pytest.raises(CodesMismatchError, match=r"a code reaches 7, outside the 5 centroids"):
+        codec.decode(torch.full((3,), 255, dtype=torch.uint8))
+    low_rank = LR2VQWeight(4, 10, vector_size=5, codebook_size=None, rank=2).fit(torch.randn(4, 10))
+    with pytest.raises(ValueError, match=r"codebook_size=None stores R itself"):
+        low_rank.encode(torch.randn(4, 10))
+
+
+@pytest.mark.parametrize("k", [None, 1, 6])
+def test_codec_and_layers_round_trip_through_save_pretrained(tmp_path, k):
+    codec = LR2VQWeight(6, 12, vector_size=3, codebook_size=k, rank=2).fit(torch.randn(6, 12))
+    codec.save_pretrained(tmp_path / "codec")
+    back = LR2VQWeight.from_pretrained(tmp_path / "codec")
+    assert back.is_fitted and back.config == codec.config and back.codebook_size == codec.codebook_size
+    assert torch.equal(back(), codec())
+    if k is not None:
+        assert torch.equal(back.decode(codec.codes), codec.decode(codec.codes))
+
+    model = _cnn()
+    x = torch.randn(2, 3, 4, 4)
+    for i, cls in ((0, LR2VQConv2d), (3, LR2VQLinear)):
+        layer = cls.from_module(model[i], vector_size=3, codebook_size=k, rank=2)
+        layer.save_pretrained(tmp_path / str(i))
+        again = cls.from_pretrained(tmp_path / str(i))
+        assert type(again) is cls and again.config == layer.config
+        inp = x if i == 0 else torch.randn(2, 96)
+        assert torch.equal(again(inp), layer(inp))
+        assert again.vq.is_fitted and again.bits_per_weight == layer.bits_per_weight
+
+
+def test_layers_keep_pytorch_argument_order():
+    conv = LR2VQConv2d(4, 6, 3, 2, 1, 1, 2, False, vector_size=3, codebook_size=4, rank=2)
+    assert (conv.stride, conv.padding, conv.groups, conv.bias) == ((2, 2), (1, 1), 2, None)
+    assert LR2VQLinear(8, 4, False, vector_size=4, codebook_size=2, rank=1).bias is None
+    with pytest.raises(TypeError):
+        LR2VQLinear(8, 4, True, 4, 2, 1)  # the LR²VQ settings are keywords, never a silent reorder

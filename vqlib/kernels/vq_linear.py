@@ -1,4 +1,4 @@
-"""Codebook-compressed linear layers: the storage format, a torch reference, and ``VQLinear``.
+"""Codebook-compressed linear layers: the format, ``VQLinear`` (a layer and a weight codec) and model surgery.
 
 Weight vector quantization in the AQLM / VPTQ / QuIP# family (Egiazarian et al.
 2024, arXiv 2401.06118; Liu et al. 2024, arXiv 2409.17066; Tseng et al. 2024,
@@ -19,217 +19,70 @@ fp32, the scales, and the signs packed 8 per byte along the input dimension
 with :func:`vqlib.quantizers.packing.pack_bits` (bit ``k mod 8`` of byte
 ``k // 8`` of row n is set where the weight is negative).
 
-On CUDA with Triton, ``VQLinear.forward`` runs the kernels of
-:mod:`vqlib.kernels.vq_triton`; elsewhere it runs the torch reference below.
+``G`` is ``num_groups``. The package is cut along its seams: :mod:`.format` (code types
+and checks), :mod:`.reference` (the torch references), :mod:`.dispatch` (which path runs:
+the Triton kernels of :mod:`.vq_triton` on CUDA, the references elsewhere) and this module.
+
+``VQLinear`` is itself the weight codec (:class:`~vqlib.quantizers.codec.Codec`): ``fit(weight)``
+learns the codebook and stores the weight's codes, ``encode(weight)`` gives the
+:class:`VQCodes` (codes, scales, packed signs) of any weight of its shape against the fitted
+codebook, ``decode(codes)`` the dense weight; one encoded item is one output row, so
+``code_size`` is the stored bytes per row (codebook amortised) and ``bits_per_weight`` is
+every stored bit over ``out_features·in_features``. The codec's configuration *is* the
+layer's (vector size, codebook size, groups, scales, signs, codebook dtype), so a separate
+codec class would only restate it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from vqlib.quantizers.kmeans import kmeans
-from vqlib.quantizers.nearest import nearest
+from vqlib.quantizers import Codec, SwapReport, kmeans, nearest, swap_modules
 from vqlib.quantizers.packing import pack_bits, packed_size
 
-from . import vq_triton
-from .vq_triton import LUT_MAX_ROWS
+from . import dispatch
+from .format import FLOAT_DTYPES, as_dtype, check_codes_in_range, check_format, code_dtype, to_stored_codes
 
-__all__ = [
-    "KERNELS",
-    "VQLinear",
-    "choose_kernel",
-    "code_dtype",
-    "quantize_linear",
-    "vq_dequantize_reference",
-    "vq_linear_reference",
-    "vq_lut_linear_reference",
-]
-
-KERNELS = ("auto", "reference", "reference-lut", "triton-gemm", "triton-lut", "triton-dequant")
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_CODEBOOK_SIZE = 1 << 16
+__all__ = ["VQCodes", "VQLinear", "quantize_linear", "quantize_model"]
 
 
-def code_dtype(codebook_size: int) -> torch.dtype:
-    """The smallest stored code type: ``uint8`` up to 256 codewords, ``int16`` (read as unsigned) up to 65536."""
-    if not 1 <= codebook_size <= MAX_CODEBOOK_SIZE:
-        raise ValueError(f"codebook size must be in [1, {MAX_CODEBOOK_SIZE}], got {codebook_size}")
-    return torch.uint8 if codebook_size <= 256 else torch.int16
+class VQCodes(NamedTuple):
+    """A weight encoded by a :class:`VQLinear`: everything stored per output row."""
+
+    codes: torch.Tensor  # (out, in / v), uint8 or int16 (read as unsigned)
+    scales: torch.Tensor | None  # (out,) float, when the layer keeps scales
+    signs: torch.Tensor | None  # (out, ⌈in/8⌉) packed uint8, when the layer keeps signs
 
 
-def _to_stored_codes(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Integer codes in ``[0, K)`` → the stored dtype; out-of-range codes are an error, never wrapped."""
-    if codes.dtype.is_floating_point or codes.dtype == torch.bool or codes.is_complex():
-        raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
-    c = _unsigned(codes) if codes.dtype == torch.int16 else codes.long()
-    if c.numel() and (int(c.min()) < 0 or int(c.max()) >= codebook_size):
-        raise ValueError(
-            f"codes must lie in [0, {codebook_size}) (the codebook size), got range [{int(c.min())}, {int(c.max())}]"
-        )
-    dtype = code_dtype(codebook_size)
-    if dtype == torch.int16:
-        c = torch.where(c >= 1 << 15, c - (1 << 16), c)  # two's complement of the unsigned 16-bit code
-    return c.to(dtype).contiguous()
-
-
-def _unsigned(codes: torch.Tensor) -> torch.Tensor:
-    """Stored codes (uint8, or int16 holding unsigned 16-bit values) → int64 in ``[0, 65536)``."""
-    return codes.long() & 0xFFFF
-
-
-def _check_format(
-    codebook: torch.Tensor,
-    codes: torch.Tensor,
-    scales: torch.Tensor | None,
-    signs: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    in_features: int,
-) -> None:
-    """Shapes and dtypes of a stored layer; a clear error rather than a wrong number later."""
-    if codebook.dim() != 3:
-        raise ValueError(f"codebook must be (groups, codebook_size, vector_size), got shape {tuple(codebook.shape)}")
-    if codebook.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"codebook must be fp16, bf16 or fp32, got {codebook.dtype}")
-    groups, k, v = codebook.shape
-    if codes.dim() != 2:
-        raise ValueError(f"codes must be (out_features, in_features / vector_size), got shape {tuple(codes.shape)}")
-    n, j = codes.shape
-    if codes.dtype != code_dtype(k):
-        raise ValueError(f"a codebook of {k} codewords stores {code_dtype(k)} codes, got {codes.dtype}")
-    if j * v != in_features:
-        raise ValueError(f"codes hold {j} sub-vectors of {v} per row = {j * v} inputs, expected {in_features}")
-    if groups < 1 or n % groups:
-        raise ValueError(f"{groups} codebooks must split the {n} output rows evenly")
-    devices = {t.device for t in (codebook, codes, scales, signs, bias) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors of a layer must be on one device, got {sorted(map(str, devices))}")
-    for name, t in (("scales", scales), ("bias", bias)):
-        if t is not None and (t.shape != (n,) or t.dtype not in _FLOAT_DTYPES):
-            raise ValueError(f"{name} must be a float (out_features,) = ({n},) tensor, got {t.dtype} {tuple(t.shape)}")
-    if signs is not None and (signs.dtype != torch.uint8 or signs.shape != (n, packed_size(in_features, 1))):
-        need = (n, packed_size(in_features, 1))
-        raise ValueError(f"packed signs must be uint8 of shape {need}, got {signs.dtype} {tuple(signs.shape)}")
-
-
-def _check_codes_in_range(codes: torch.Tensor, codebook_size: int) -> None:
-    if codes.numel() == 0:
-        return
-    hi = int(_unsigned(codes).max())  # stored codes are unsigned: only the top can be out of range
-    if hi >= codebook_size:
-        raise ValueError(f"codes must lie in [0, {codebook_size}) (the codebook size), got a code {hi}")
-
-
-# ---- torch reference -------------------------------------------------------------------
-
-
-def vq_dequantize_reference(
-    codebook: torch.Tensor,
-    codes: torch.Tensor,
-    scales: torch.Tensor | None = None,
-    signs: torch.Tensor | None = None,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """The dense ``(N, J·v)`` weight of a stored layer, computed in fp32, returned in ``dtype`` (the codebook's)."""
-    groups, k, v = codebook.shape
-    n, j = codes.shape
-    idx = _unsigned(codes)
-    if groups > 1:  # one flat table: group g's codewords start at row g·K
-        idx = idx + (torch.arange(n, device=codes.device) // (n // groups) * k)[:, None]
-    w = F.embedding(idx, codebook.reshape(groups * k, v).float()).reshape(n, j * v)
-    if signs is not None:
-        w = torch.where(_unpack_signs(signs, j * v), -w, w)
-    if scales is not None:
-        w = w * scales.float()[:, None]
-    return w.to(dtype or codebook.dtype)
-
-
-def _unpack_signs(signs: torch.Tensor, d: int) -> torch.Tensor:
-    """Packed sign bytes ``(N, ⌈d/8⌉)`` → bool ``(N, d)``, True where negative (pack_bits' 1-bit layout)."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=signs.device)
-    return ((signs[..., None] >> shifts) & 1).reshape(signs.shape[0], -1)[:, :d].bool()
-
-
-def vq_linear_reference(x, codebook, codes, scales=None, signs=None, bias=None) -> torch.Tensor:
-    """``x Wᵀ + b`` by dequantising W (fp32 maths when x is fp32, else in x's dtype as ``F.linear`` does)."""
-    w = vq_dequantize_reference(codebook, codes, scales, signs, dtype=x.dtype)
-    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
-
-
-def vq_lut_linear_reference(x, codebook, codes, scales=None, bias=None) -> torch.Tensor:
-    """``x Wᵀ + b`` through look-up tables, never forming W (no signs: a sign per weight breaks the table).
-
-    For each row m and input group j the table holds ``T[m, j, c] = ⟨x[m, j·v:(j+1)·v], C[c]⟩`` for every
-    codeword; output n sums ``T[m, j, a[n, j]]`` over j. In fp32.
-    """
-    groups, k, v = codebook.shape
-    n, j = codes.shape
-    lead = x.shape[:-1]
-    xm = x.reshape(-1, j, v).float()
-    rows_per_group = n // groups
-    a = _unsigned(codes)
-    out = []
-    for g in range(groups):
-        table = torch.einsum("mjv,kv->mjk", xm, codebook[g].float())  # (M, J, K)
-        ag = a[g * rows_per_group : (g + 1) * rows_per_group]  # (R, J)
-        picked = table.gather(2, ag.T.unsqueeze(0).expand(xm.shape[0], j, -1))  # (M, J, R)
-        out.append(picked.sum(1))
-    y = torch.cat(out, 1)
-    if scales is not None:
-        y = y * scales.float()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype).reshape(*lead, n)
-
-
-# ---- dispatch --------------------------------------------------------------------------
-
-# Provisional thresholds, NOT yet measured on a GPU (no GPU was available when this was
-# written): benchmarks/bench_kernels.py times every kernel per (M, shape) and prints the
-# fastest, and these constants are to be set from its table.
-LUT_MAX_CODEBOOK = 256  # tables of K fp32 entries per input group; 65536 would not stay in L2
-GEMM_MAX_ROWS = 2048  # above this, dequantise once and let cuBLAS run the GEMM
-# Off the GPU the torch look-up-table path beats dequantise + F.linear only for a single row
-# (benchmarks/bench_kernels.py, 2-core EPYC, 1 thread: 1152→1152 at v = 4, 0.36 ms against 1.4 ms;
-# at M = 8 it was 2× slower).
-CPU_LUT_MAX_ROWS = 1
-
-
-def choose_kernel(m: int, layer: "VQLinear", x_dtype: torch.dtype) -> str:
-    """Which kernel runs ``m`` rows through ``layer`` on a GPU with Triton (see the constants above)."""
-    if x_dtype not in (torch.float16, torch.bfloat16):
-        return "triton-dequant"  # fp32 activations: cuBLAS on the dequantised weight keeps fp32 semantics
-    if m <= LUT_MAX_ROWS and layer.signs is None and layer.codebook_size <= LUT_MAX_CODEBOOK:
-        return "triton-lut"
-    if m <= GEMM_MAX_ROWS:
-        return "triton-gemm"
-    return "triton-dequant"
-
-
-# ---- the module ------------------------------------------------------------------------
-
-
-class VQLinear(nn.Module):
-    """A linear layer stored as codes into a codebook (format in the module docstring).
+class VQLinear(Codec, nn.Module):
+    """A linear layer stored as codes into a codebook (format in the module docstring), and its weight codec.
 
     Args:
         in_features, out_features: the dense layer's shape; ``vector_size`` must divide ``in_features``.
         vector_size: ``v``, inputs per code.
         codebook_size: ``K`` codewords (codes stored as uint8 up to 256, int16 up to 65536).
-        num_codebooks: ``G`` codebooks, each shared by ``out_features / G`` consecutive output rows.
+        num_groups: ``G`` codebooks, each shared by ``out_features / G`` consecutive output rows.
         bias: keep a bias.
         scales: keep a per-output-channel scale.
         signs: keep one sign bit per weight (sign-split: the codebook holds magnitudes).
         codebook_dtype: fp16, bf16 or fp32.
-        kernel: ``"auto"`` (the Triton kernels on CUDA, chosen by :func:`choose_kernel`; the torch
-            reference elsewhere), or one of :data:`KERNELS` to force a path. A Triton kernel on CPU
-            tensors needs ``TRITON_INTERPRET=1`` (the tests run them that way).
+        kernel: ``"auto"`` (the Triton kernels on CUDA, the torch reference elsewhere; see
+            :mod:`vqlib.kernels.dispatch`), or one of :data:`KERNELS` to force a path. A Triton kernel
+            on CPU tensors needs ``TRITON_INTERPRET=1`` (the tests run them that way).
 
-    The state dict holds only the compressed tensors: ``codebook``, ``codes``, ``scales``, ``signs``
-    (packed), ``bias``. :meth:`from_state_dict` rebuilds a layer from them alone (shapes say the
-    configuration), so a safetensors file round-trips.
+    A layer is fitted by :meth:`fit`, :meth:`from_linear`, :func:`quantize_linear` or by loading a
+    state dict; before that ``forward`` raises ``NotFittedError``. The state dict holds only the
+    compressed tensors: ``codebook``, ``codes``, ``scales``, ``signs`` (packed), ``bias``.
+    :meth:`from_state_dict` rebuilds a layer from them alone (shapes say the configuration), so a
+    safetensors file round-trips; ``save_pretrained`` / ``from_pretrained`` add the recorded
+    constructor in ``config.json``.
     """
+
+    _config_default_module = "vqlib.kernels"
 
     def __init__(
         self,
@@ -237,27 +90,28 @@ class VQLinear(nn.Module):
         out_features: int,
         vector_size: int = 4,
         codebook_size: int = 256,
-        num_codebooks: int = 1,
+        num_groups: int = 1,
         bias: bool = True,
         scales: bool = True,
         signs: bool = False,
-        codebook_dtype: torch.dtype = torch.float16,
+        codebook_dtype: torch.dtype | str = torch.float16,
         kernel: str = "auto",
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
         if vector_size < 1 or in_features < 1 or out_features < 1 or in_features % vector_size:
             raise ValueError(f"vector_size {vector_size} must divide in_features {in_features} (both positive)")
-        if num_codebooks < 1 or out_features % num_codebooks:
-            raise ValueError(f"num_codebooks {num_codebooks} must divide out_features {out_features}")
-        if codebook_dtype not in _FLOAT_DTYPES:
+        if num_groups < 1 or out_features % num_groups:
+            raise ValueError(f"num_groups {num_groups} must divide out_features {out_features}")
+        codebook_dtype = as_dtype(codebook_dtype)
+        if codebook_dtype not in FLOAT_DTYPES:
             raise ValueError(f"codebook_dtype must be fp16, bf16 or fp32, got {codebook_dtype}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel not in dispatch.KERNELS:
+            raise ValueError(f"kernel must be one of {dispatch.KERNELS}, got {kernel!r}")
         self.in_features, self.out_features = in_features, out_features
         self.kernel = kernel
         cdt = code_dtype(codebook_size)
-        shape = (num_codebooks, codebook_size, vector_size)
+        shape = (num_groups, codebook_size, vector_size)
         self.register_buffer("codebook", torch.zeros(shape, dtype=codebook_dtype, device=device))
         self.register_buffer("codes", torch.zeros(out_features, in_features // vector_size, dtype=cdt, device=device))
         self.register_buffer("scales", torch.ones(out_features, device=device) if scales else None)
@@ -266,6 +120,7 @@ class VQLinear(nn.Module):
         self.register_buffer("signs", packed)
         self.register_buffer("bias", torch.zeros(out_features, device=device) if bias else None)
         self._checked_version: tuple | None = None
+        self._fitted = False
 
     # -- configuration read off the stored tensors
     @property
@@ -277,22 +132,122 @@ class VQLinear(nn.Module):
         return self.codebook.shape[1]
 
     @property
-    def num_codebooks(self) -> int:
+    def num_groups(self) -> int:
         return self.codebook.shape[0]
 
+    # -- the codec contract
     @property
-    def bits_per_weight(self) -> float:
-        """Stored bits (codes, codebook, scales, signs; not the bias) per weight."""
+    def is_fitted(self) -> bool:
+        return self._fitted
+
+    @property
+    def code_dim(self) -> int:
+        return self.in_features
+
+    @property
+    def code_size(self) -> float:
+        """Stored bytes (codes, codebook, scales, signs; not the bias) per output row."""
         stored = [self.codes, self.codebook, self.scales, self.signs]
-        bits = sum(8 * t.numel() * t.element_size() for t in stored if t is not None)
-        return bits / (self.out_features * self.in_features)
+        return sum(t.numel() * t.element_size() for t in stored if t is not None) / self.out_features
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, vector_size={self.vector_size}, "
-            f"codebook_size={self.codebook_size}, num_codebooks={self.num_codebooks}, "
+            f"codebook_size={self.codebook_size}, num_groups={self.num_groups}, "
             f"signs={self.signs is not None}, bits_per_weight={self.bits_per_weight:.3f}"
         )
+
+    def _check_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        shape = (self.out_features, self.in_features)
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != shape:
+            got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"expected an (out_features, in_features) = {shape} weight, got {got}")
+        w = weight.detach().float()
+        if not torch.isfinite(w).all():
+            raise ValueError("weight contains NaN or inf; only finite weights can be quantized")
+        return w
+
+    def _normalise(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Rows divided by their RMS (the stored scale) so one codebook fits rows of any size; magnitudes + signs."""
+        s = w.pow(2).mean(1).sqrt().clamp_min(torch.finfo(torch.float32).tiny) if self.scales is not None else None
+        if s is not None:
+            w = w / s[:, None]
+        neg = w < 0 if self.signs is not None else None
+        if neg is not None:
+            w = w.abs()
+        return w, s, neg
+
+    def _groups(self, w: torch.Tensor):
+        rows = self.out_features // self.num_groups
+        for g in range(self.num_groups):
+            yield g, w[g * rows : (g + 1) * rows].reshape(-1, self.vector_size)
+
+    @torch.no_grad()
+    def fit(
+        self,
+        weight: torch.Tensor,
+        iters: int = 10,
+        max_samples: int | None = 1 << 16,
+        generator: torch.Generator | None = None,
+    ) -> VQLinear:
+        """Learn the codebook(s) by k-means on ``weight``'s normalised sub-vectors and store its codes; returns self.
+
+        Each group's codebook is fitted on at most ``max_samples`` of its sub-vectors (drawn with
+        ``generator``); every sub-vector then gets its nearest codeword as stored (round to
+        nearest, no calibration data). With ``signs`` the codebook is fitted to magnitudes.
+        """
+        w, _, _ = self._normalise(self._check_weight(weight))
+        for g, sub in self._groups(w):
+            book = kmeans(sub, self.codebook_size, iters=iters, generator=generator, max_samples=max_samples)
+            self.codebook[g].copy_(book.centroids.to(self.codebook.dtype))
+        self._fitted = True
+        self._store(self.encode(weight))
+        return self
+
+    @torch.no_grad()
+    def encode(self, weight: torch.Tensor) -> VQCodes:
+        """The :class:`VQCodes` of an ``(out_features, in_features)`` weight against the fitted codebook."""
+        self.require_fitted()
+        w, s, neg = self._normalise(self._check_weight(weight).to(self.codebook.device))
+        rows, j = self.out_features // self.num_groups, self.in_features // self.vector_size
+        codes = torch.cat(
+            [nearest(sub, self.codebook[g].float())[1][:, 0].reshape(rows, j) for g, sub in self._groups(w)]
+        )
+        signs = pack_bits(neg.to(torch.uint8), 1) if neg is not None else None
+        return VQCodes(to_stored_codes(codes, self.codebook_size), s, signs)
+
+    def decode(self, codes: VQCodes, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense ``(out, in)`` weight that ``codes`` stand for, in ``dtype`` (default the codebook's)."""
+        self.require_fitted()
+        self._check_codes(codes)
+        return dispatch.dequantize(
+            self.codebook, codes.codes, codes.scales, codes.signs, dtype=dtype or self.codebook.dtype
+        )
+
+    def _check_codes(self, codes) -> None:
+        if not isinstance(codes, VQCodes):
+            raise self.codes_mismatch(
+                f"expected VQCodes (codes, scales, signs) from encode, got {type(codes).__name__}"
+            )
+        for name, mine in (("scales", self.scales), ("signs", self.signs)):
+            theirs = getattr(codes, name)
+            if (theirs is None) != (mine is None):
+                raise self.codes_mismatch(f"this layer {'keeps' if mine is not None else 'has no'} {name}")
+        try:
+            check_format(self.codebook, codes.codes, codes.scales, codes.signs, None, self.in_features)
+            check_codes_in_range(codes.codes, self.codebook_size)
+        except ValueError as err:
+            raise self.codes_mismatch(str(err)) from None
+        if codes.codes.shape[0] != self.out_features:
+            raise self.codes_mismatch(f"codes for {codes.codes.shape[0]} rows, this layer has {self.out_features}")
+
+    @torch.no_grad()
+    def _store(self, codes: VQCodes) -> None:
+        self.codes.copy_(codes.codes)
+        if codes.scales is not None:
+            self.scales = codes.scales.to(self.codes.device).clone()
+        if codes.signs is not None:
+            self.signs.copy_(codes.signs)
 
     # -- construction
     @classmethod
@@ -305,7 +260,7 @@ class VQLinear(nn.Module):
         scales: torch.Tensor | None = None,
         signs: torch.Tensor | None = None,
         kernel: str = "auto",
-    ) -> "VQLinear":
+    ) -> VQLinear:
         """A layer with ``linear``'s shape and bias and the given compressed weight.
 
         Args:
@@ -332,7 +287,7 @@ class VQLinear(nn.Module):
             codebook_dtype=codebook.dtype, kernel=kernel, device=device,
         )  # fmt: skip
         layer.codebook.copy_(codebook)
-        layer.codes.copy_(_to_stored_codes(codes, k))
+        layer.codes.copy_(to_stored_codes(codes, k))
         if scales is not None:
             if scales.shape != (n,):
                 raise ValueError(f"scales must have shape ({n},), got {tuple(scales.shape)}")
@@ -342,10 +297,11 @@ class VQLinear(nn.Module):
         if linear.bias is not None:
             layer.bias = linear.bias.detach().clone()
         layer.validate()
+        layer._fitted = True
         return layer
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor], kernel: str = "auto") -> "VQLinear":
+    def from_state_dict(cls, state: dict[str, torch.Tensor], kernel: str = "auto") -> VQLinear:
         """Rebuild a layer from its compressed tensors alone (e.g. ``safetensors.torch.load_file``)."""
         missing = {"codebook", "codes"} - state.keys()
         if missing:
@@ -363,15 +319,16 @@ class VQLinear(nn.Module):
         # take the stored dtypes of scales and bias as they are (fp16 scales stay fp16)
         for name in ("scales", "bias"):
             t = state_dict.get(prefix + name)
-            if t is not None and getattr(self, name) is not None and t.dtype in _FLOAT_DTYPES:
+            if t is not None and getattr(self, name) is not None and t.dtype in FLOAT_DTYPES:
                 setattr(self, name, torch.empty_like(t, device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._checked_version = None
+        self._fitted = True
 
     def validate(self) -> None:
         """Check shapes, dtypes, devices and that every code indexes the codebook (ValueError otherwise)."""
-        _check_format(self.codebook, self.codes, self.scales, self.signs, self.bias, self.in_features)
-        _check_codes_in_range(self.codes, self.codebook_size)
+        check_format(self.codebook, self.codes, self.scales, self.signs, self.bias, self.in_features)
+        check_codes_in_range(self.codes, self.codebook_size)
         self._checked_version = self._version_key()
 
     def _version_key(self) -> tuple:
@@ -380,6 +337,7 @@ class VQLinear(nn.Module):
         return tuple((id(t), t._version) if t is not None else None for t in ts)
 
     def _ensure_valid(self) -> None:
+        self.require_fitted()
         if self._checked_version != self._version_key():
             self.validate()
 
@@ -391,14 +349,16 @@ class VQLinear(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The dense ``(out, in)`` weight, in ``dtype`` (default the codebook's)."""
         self._ensure_valid()
-        dtype = dtype or self.codebook.dtype
-        if self.codes.is_cuda and vq_triton.HAS_TRITON:
-            return vq_triton.dequantize(*self._tensors(), dtype=dtype)
-        return vq_dequantize_reference(*self._tensors(), dtype=dtype)
+        return dispatch.dequantize(*self._tensors(), dtype=dtype or self.codebook.dtype)
+
+    def kernel_for(self, x: torch.Tensor) -> str:
+        """The path :meth:`forward` takes for input ``x`` (see :func:`vqlib.kernels.dispatch.select_kernel`)."""
+        x2 = x.reshape(-1, x.shape[-1])
+        return dispatch.select_kernel(self.kernel, x2, signs=self.signs is not None, codebook_size=self.codebook_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._ensure_valid()
-        if not x.is_floating_point() or x.dtype not in _FLOAT_DTYPES:
+        if not x.is_floating_point() or x.dtype not in FLOAT_DTYPES:
             raise ValueError(f"expected fp16, bf16 or fp32 input, got {x.dtype}")
         if x.shape[-1] != self.in_features:
             raise ValueError(f"expected last dim {self.in_features}, got {x.shape[-1]}")
@@ -406,37 +366,12 @@ class VQLinear(nn.Module):
             raise ValueError(f"input is on {x.device} but the layer is on {self.codes.device}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        kernel = self._pick(x2)
-        if kernel == "reference":
-            y = vq_linear_reference(x2, *self._tensors(), self.bias)
-        elif kernel == "reference-lut":
-            if self.signs is not None:
-                raise ValueError("the look-up-table path does not support sign bits (a sign per weight breaks tables)")
-            y = vq_lut_linear_reference(x2, self.codebook, self.codes, self.scales, self.bias)
-        elif kernel == "triton-dequant":
-            w = vq_triton.dequantize(*self._tensors(), dtype=x.dtype)
-            y = F.linear(x2, w, None if self.bias is None else self.bias.to(x.dtype))
-        elif kernel == "triton-lut":
-            y = vq_triton.lut_linear(x2, self.codebook, self.codes, self.scales, self.signs, self.bias)
-        else:
-            y = vq_triton.gemm(x2, *self._tensors(), self.bias)
+        kernel = self.kernel_for(x2)
+        y = dispatch.LINEAR[kernel](x2, *self._tensors(), self.bias)
         return y.reshape(*lead, self.out_features)
 
-    def _pick(self, x2: torch.Tensor) -> str:
-        kernel = self.kernel
-        on_triton = vq_triton.HAS_TRITON and (x2.is_cuda or vq_triton.INTERPRET)
-        if kernel == "auto":
-            if not (x2.is_cuda and vq_triton.HAS_TRITON):
-                lut = x2.shape[0] <= CPU_LUT_MAX_ROWS and self.signs is None and self.codebook_size <= LUT_MAX_CODEBOOK
-                return "reference-lut" if lut else "reference"
-            return choose_kernel(x2.shape[0], self, x2.dtype)
-        if kernel.startswith("triton") and not on_triton:
-            need = "Triton and a CUDA input (or TRITON_INTERPRET=1 set before triton loads)"
-            raise ValueError(f"kernel {kernel!r} needs {need}")
-        return kernel
 
-
-# ---- building one from a dense layer ---------------------------------------------------
+# ---- building layers from dense ones --------------------------------------------------
 
 
 @torch.no_grad()
@@ -444,7 +379,7 @@ def quantize_linear(
     linear: nn.Linear,
     vector_size: int = 4,
     codebook_size: int = 256,
-    num_codebooks: int = 1,
+    num_groups: int = 1,
     scales: bool = True,
     signs: bool = False,
     iters: int = 10,
@@ -458,26 +393,81 @@ def quantize_linear(
     Rows are first divided by their RMS (the stored scale) so that one codebook fits rows of
     different magnitude; with ``signs`` the codebook is fitted to magnitudes and the signs are
     stored. The codebook is fitted on at most ``max_samples`` sub-vectors per group (drawn with
-    ``generator``); every sub-vector then gets its nearest codeword.
+    ``generator``); every sub-vector then gets its nearest codeword. See :meth:`VQLinear.fit`.
     """
-    n, d = linear.out_features, linear.in_features
-    if d % vector_size:
-        raise ValueError(f"vector_size {vector_size} must divide in_features {d}")
-    if n % num_codebooks:
-        raise ValueError(f"num_codebooks {num_codebooks} must divide out_features {n}")
-    w = linear.weight.detach().float()
-    s = w.pow(2).mean(1).sqrt().clamp_min(torch.finfo(torch.float32).tiny) if scales else None
-    if s is not None:
-        w = w / s[:, None]
-    neg = w < 0 if signs else None
-    if signs:
-        w = w.abs()
-    rows = n // num_codebooks
-    books, codes = [], []
-    for g in range(num_codebooks):
-        sub = w[g * rows : (g + 1) * rows].reshape(-1, vector_size)
-        book = kmeans(sub, codebook_size, iters=iters, generator=generator, max_samples=max_samples).centroids
-        book = book.to(codebook_dtype)  # assign against the codewords as they will be stored
-        codes.append(nearest(sub, book.float())[1][:, 0].reshape(rows, d // vector_size))
-        books.append(book)
-    return VQLinear.from_linear(linear, torch.stack(books), torch.cat(codes), s, neg, kernel=kernel)
+    if not isinstance(linear, nn.Linear):
+        raise ValueError(f"expected an nn.Linear, got {type(linear).__name__}")
+    layer = VQLinear(
+        linear.in_features, linear.out_features, vector_size, codebook_size, num_groups,
+        bias=linear.bias is not None, scales=scales, signs=signs, codebook_dtype=codebook_dtype, kernel=kernel,
+        device=linear.weight.device,
+    )  # fmt: skip
+    layer.fit(linear.weight, iters=iters, max_samples=max_samples, generator=generator)
+    if linear.bias is not None:
+        layer.bias = linear.bias.detach().clone()
+    layer.validate()
+    return layer
+
+
+def quantize_model(
+    model: nn.Module,
+    *,
+    vector_size: int = 4,
+    codebook_size: int = 256,
+    num_groups: int = 1,
+    scales: bool = True,
+    signs: bool = False,
+    iters: int = 10,
+    codebook_dtype: torch.dtype = torch.float16,
+    max_samples: int | None = 1 << 16,
+    seed: int = 0,
+    kernel: str = "auto",
+    include: str | type | Iterable[str | type] | None = None,
+    exclude: str | type | Iterable[str | type] | None = None,
+) -> SwapReport:
+    """Swap ``nn.Linear`` layers of ``model`` for :class:`VQLinear` (:func:`quantize_linear` each), in place.
+
+    ``include`` / ``exclude`` select layers as in :func:`vqlib.quantizers.swap_modules` (names,
+    fnmatch patterns, types). By default every module whose type is exactly ``nn.Linear``
+    (subclasses such as attention's ``out_proj`` are read through ``.weight`` by their parent,
+    so they are left alone unless included). Codebooks are fitted with one generator seeded by
+    ``seed``, layer after layer. A layer used in two places stays one layer; two layers sharing
+    one weight parameter share one codebook and codes; a weight tied to a module that is not
+    swapped (an embedding) is reported with a warning. Nothing changes when a layer cannot be
+    quantized (the error names it: exclude it or pick a ``vector_size`` that divides it).
+
+    Returns:
+        The :class:`~vqlib.quantizers.SwapReport` of what was swapped.
+    """
+    if isinstance(model, nn.Linear):
+        raise ValueError("the model is itself the layer; use quantize_linear for a bare nn.Linear")
+    generator = torch.Generator().manual_seed(seed)
+    by_weight: dict[int, VQLinear] = {}
+    settings = dict(
+        vector_size=vector_size, codebook_size=codebook_size, num_groups=num_groups, scales=scales, signs=signs,
+        codebook_dtype=codebook_dtype, kernel=kernel,
+    )  # fmt: skip
+
+    def build(name: str, layer: nn.Module) -> VQLinear | None:
+        if not (type(layer) is nn.Linear if include is None else isinstance(layer, nn.Linear)):
+            return None
+        twin = by_weight.get(id(layer.weight))
+        try:
+            if twin is None:
+                new = quantize_linear(layer, iters=iters, max_samples=max_samples, generator=generator, **settings)
+            else:  # the same weight: the same stored tensors, its own bias
+                new = VQLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, **settings)
+                for key in ("codebook", "codes", "scales", "signs"):
+                    setattr(new, key, getattr(twin, key))
+                if layer.bias is not None:
+                    new.bias = layer.bias.detach().clone()
+                new._fitted = True
+        except ValueError as err:
+            raise ValueError(f"layer {name!r}: {err}") from None
+        by_weight.setdefault(id(layer.weight), new)
+        return new
+
+    report = swap_modules(model, build, include=include, exclude=exclude)
+    if not report:
+        raise ValueError("the model has no nn.Linear layer to quantize (check include= and exclude=)")
+    return report

@@ -18,6 +18,7 @@ from .lr2vq import (
     decompress_model,
     finetune,
 )
+from .module_swap import SwappedModule, SwapReport, swap_modules
 from .nearest import METRICS, nearest, pairwise_distances
 from .packing import pack_bits, packed_size, unpack_bits
 from .pvq import (
@@ -62,6 +63,8 @@ __all__ = [
     "SAQCodes",
     "Segment",
     "SimVQ",
+    "SwapReport",
+    "SwappedModule",
     "Usage",
     "VQBridge",
     "VectorQuantizer",
@@ -86,5 +89,6 @@ __all__ = [
     "pvq_words",
     "random_orthogonal",
     "subsample",
+    "swap_modules",
     "unpack_bits",
 ]

@@ -102,6 +102,9 @@ class ConfigMixin:
     #: ``{"old_name": "new_name"}``: deprecated constructor keywords, accepted with a
     #: DeprecationWarning and recorded under the new name (so a saved config never warns)
     _renamed_arguments: dict[str, str] = {}
+    #: constructor arguments that are not configuration (where an object lives), never recorded
+    #: (diffusers' ``ignore_for_config``); ``from_pretrained`` takes ``map_location`` instead
+    _unrecorded_arguments: tuple[str, ...] = ("device",)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -126,6 +129,8 @@ class ConfigMixin:
                 for name, p in signature.parameters.items():
                     if p.kind is inspect.Parameter.VAR_KEYWORD:
                         arguments.update(arguments.pop(name, {}))
+                for name in type(self)._unrecorded_arguments:
+                    arguments.pop(name, None)
                 object.__setattr__(self, "_init_config", (f"{cls.__module__}.{cls.__qualname__}", arguments))
             init(self, *args, **kw)
 
