@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from vqlib.anns import IndexFileError, index_factory, read_index, serialize_index, write_index
+from vqlib.anns import FlatIndex, IndexFileError, index_factory, read_index, serialize_index, write_index
 from vqlib.anns.serialize import FORMAT_VERSION, MAGIC
 
 from .conftest import D
@@ -151,3 +151,29 @@ def test_reads_files_of_the_previous_version(name):
     D2, I2 = fresh.search(xq, 5, params)
     np.testing.assert_array_equal(I2, expected["I"])
     np.testing.assert_allclose(D2, expected["D"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("description", DESCRIPTIONS)
+def test_save_pretrained_round_trip(data, tmp_path, description):
+    from vqlib.anns import Index
+    from vqlib.quantizers import PretrainedFileError
+
+    xb, xq = data
+    index = built(xb, description, "l2")
+    index.save_pretrained(tmp_path / "idx")
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((tmp_path / "idx" / "config.json").read_text())
+    assert meta["class_path"].endswith(type(index).__name__) and meta["extra_state"]["type"] == type(index).__name__
+    for cls in (Index, type(index)):  # the base class finds the saved type, as read_index does
+        loaded = cls.from_pretrained(tmp_path / "idx")
+        assert type(loaded) is type(index) and loaded.ntotal == index.ntotal
+        params = {"nprobe": 4} if "IVF" in description else None
+        for a, b in zip(index.search(xq, 10, params), loaded.search(xq, 10, params)):
+            np.testing.assert_array_equal(a, b)
+    other = FlatIndex if type(index).__name__ != "FlatIndex" else type(built(xb, "SAQ4"))
+    with pytest.raises(PretrainedFileError, match=f"holds a {type(index).__name__}, not a {other.__name__}"):
+        other.from_pretrained(tmp_path / "idx")
+    weights = tmp_path / "idx" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(PretrainedFileError, match="checksum"):
+        Index.from_pretrained(tmp_path / "idx")

@@ -275,6 +275,22 @@ class Index(ConfigMixin):
     def _from_state(cls, params: dict, arrays: dict[str, torch.Tensor]) -> Index:
         raise NotImplementedError
 
+    # save_pretrained / from_pretrained (ConfigMixin): the index file's parameters and arrays as
+    # config.json + model.safetensors; write_index / read_index keep the single-file form
+
+    def _pretrained_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        params, tensors = self._state()
+        return tensors, {"type": type(self).__name__, "params": params}
+
+    @classmethod
+    def _from_pretrained_state(cls, config, tensors, extra):
+        from .serialize import index_class, state_to_index
+
+        target = index_class(extra.get("type", ""))
+        if not issubclass(target, cls):
+            raise ValueError(f"the folder holds a {target.__name__}, not a {cls.__name__}")
+        return state_to_index(target, extra["params"], tensors)
+
     # ---- shared helpers ------------------------------------------------------
 
     @property

@@ -74,7 +74,8 @@ def index_class(name: str) -> type[Index]:
 _V1_SAQ_INDEX_EXTRA = ("nlist", "nprobe", "kmeans_iters", "max_train_per_list")
 
 
-def _from_state(cls: type[Index], params: dict, arrays: dict[str, torch.Tensor]) -> Index:
+def state_to_index(cls: type[Index], params: dict, arrays: dict[str, torch.Tensor]) -> Index:
+    """Build an index of class ``cls`` from saved parameters and arrays (older layouts included)."""
     if cls.__name__ in ("SAQIndex", "IVFSAQIndex") and "refine" in params:
         # written when refine was a flag of the SAQ indexes: the float vectors rode along as "vectors"
         params = dict(params)
@@ -144,7 +145,7 @@ def deserialize_index(data: bytes) -> Index:
     if expected != len(payload):
         raise IndexFileError(f"index file has {len(payload) - expected} unexpected trailing bytes")
     try:
-        return _from_state(cls, header["params"], arrays)
+        return state_to_index(cls, header["params"], arrays)
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         raise IndexFileError(f"index file does not describe a valid {cls.__name__}: {e}") from None
 

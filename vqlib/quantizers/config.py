@@ -242,16 +242,23 @@ class ConfigMixin:
             raise PretrainedFileError(
                 f"{weights} does not match the checksum (SHA-256) in {cfg_path}: the file is damaged or was changed"
             )
-        try:
-            obj = cls.from_config({"class_path": meta["class_path"], "init_args": meta.get("init_args", {})})
-        except ValueError as err:
-            raise PretrainedFileError(f"{cfg_path}: {err}") from None
         tensors = load_file(str(weights), device=str(map_location))
         for key, source in meta.get("tied", {}).items():
             tensors[key] = tensors[source]
-        obj._load_pretrained_state(tensors, meta.get("extra_state", {}))
+        config = {"class_path": meta["class_path"], "init_args": meta.get("init_args", {})}
+        try:
+            obj = cls._from_pretrained_state(config, tensors, meta.get("extra_state", {}))
+        except ValueError as err:
+            raise PretrainedFileError(f"{cfg_path}: {err}") from None
         if isinstance(obj, torch.nn.Module):
             obj.eval()
+        return obj
+
+    @classmethod
+    def _from_pretrained_state(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], extra: dict[str, Any]):
+        """Build from a loaded config and state (override where an object is rebuilt from its state as a whole)."""
+        obj = cls.from_config(config)
+        obj._load_pretrained_state(tensors, extra)
         return obj
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload with vqlib", private: bool = False, **kwargs) -> str:
