@@ -1,5 +1,6 @@
 """The contract every quantizer shares (vqlib/quantizers/base.py)."""
 
+import copy
 import io
 
 import pytest
@@ -34,13 +35,52 @@ def test_decode_encode_equals_eval_forward(make_quantizer, lead, scale, seed):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_training_forward_value_equals_decode(name):
-    """The gradient estimators change gradients only: the training forward value is the decoded codes."""
+    """A training step, in train mode: the estimators change gradients only, so the forward value is the code of
+    each returned index in the codebook the search used (an EMA update moves the codebook after the search)."""
     torch.manual_seed(0)
     q = warm_up(CONFIGS[name]())
+    assert q.training
+    before = copy.deepcopy(q)
+    searched = []
+    effective = q._effective_codebook
+
+    def recording():
+        codebook = effective()
+        searched.append(codebook.detach().clone())
+        return codebook
+
+    q._effective_codebook = recording
     x = torch.randn(40, DIM, requires_grad=True)
-    q.eval()  # freeze the codebook so forward and decode see the same one
+    torch.manual_seed(1)
     out = q(x)
-    assert torch.equal(out.quantized, q.decode(out.indices))
+    del q._effective_codebook
+    assert q.training
+
+    # the codebook the search used (the first one computed; FSQ's grid is fixed and never searched):
+    # under it the returned indices are the nearest codes, and the value is their codes
+    frozen = copy.deepcopy(q).eval()
+    if searched:
+        frozen._effective_codebook = lambda: searched[0]
+    assert torch.equal(frozen.encode(x.detach()), out.indices)
+    assert torch.equal(out.quantized, frozen.decode(out.indices))
+
+    # the same step without autograd gives the same value, indices, loss and state: only gradients differ
+    twin = copy.deepcopy(before)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        plain = twin(x.detach())
+    assert torch.equal(plain.quantized, out.quantized) and torch.equal(plain.indices, out.indices)
+    assert torch.equal(plain.loss, out.loss.detach())
+    state, twin_state = q.state_dict(), twin.state_dict()
+    assert all(torch.equal(state[k], twin_state[k]) for k in state)
+
+    # what a training step must do: pass gradient to the input, count usage, move an EMA codebook
+    (out.quantized * torch.randn_like(out.quantized)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert q.usage(sync=False).total == before.usage(sync=False).total + out.indices.numel()
+    if getattr(q, "codebook_update", None) == "ema":
+        assert not torch.equal(q.embed, before.embed), "an EMA training step must update the codebook"
+        assert int(q.steps) == int(before.steps) + 1
 
 
 def test_encoder_gets_gradient_and_loss_reaches_only_codebook(make_quantizer):
@@ -87,7 +127,7 @@ def make_quantizer_like(q: Quantizer) -> Quantizer:
     for factory in CONFIGS.values():
         torch.manual_seed(999)
         other = factory()
-        if type(other) is type(q) and other.extra_repr() == q.extra_repr():
+        if other.config == q.config:
             return other
     raise AssertionError("no config matches")
 

@@ -27,6 +27,21 @@ def test_indices_are_a_bijection_onto_the_grid(levels, bound):
     assert torch.equal(q.decode(torch.arange(k)), grid)
     codes = grid * half
     assert torch.equal(codes, codes.round())
+    # encode(decode(i)) == i: un-bound each grid point (the paper's bound, inverted) and encode it
+    idx = torch.arange(k)
+    z = unbound(q.decode(idx) * half * 0.99, levels, bound)  # 0.99: iFSQ reaches its outer levels only at ±inf
+    assert torch.equal(q.encode(z), idx)
+
+
+def unbound(f: torch.Tensor, levels: list[int], bound: str) -> torch.Tensor:
+    """An input z with bound(z) = f, channel by channel (the inverse of the formulas in the module docstring)."""
+    lv = torch.tensor(levels, dtype=torch.float64)
+    f = f.double()
+    if bound == "ifsq":  # f = (2σ(1.6 z) − 1)·(L − 1)/2
+        return (torch.logit((f / ((lv - 1) / 2) + 1) / 2) / 1.6).float()
+    h = (lv - 1) * (1 + 1e-3) / 2  # f = tanh(z + s)·h − o, s = atanh(o/h)
+    o = torch.where(lv % 2 == 0, 0.5, 0.0)
+    return (torch.atanh((f + o) / h) - torch.atanh(o / h)).float()
 
 
 def test_fsq_bound_formula():

@@ -1,3 +1,4 @@
+import copy
 import warnings
 
 import lightning.pytorch as pl
@@ -72,20 +73,63 @@ def small_data_loader():
     return data.val_dataloader()
 
 
-def test_resume_after_kill_reaches_the_same_final_step(tmp_path):
-    torch.manual_seed(0)
+class Snapshots(pl.Callback):
+    """The module's state and both optimisers' state at the start of every batch, by the module's step."""
+
+    def __init__(self):
+        self.at: dict[int, tuple[dict, list[dict]]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        state = dict(module.state_dict())
+        if module.ema is not None:  # the EMA weights count even if a change left them out of state_dict()
+            state.update({f"ema.{k}": v for k, v in module.ema.state_dict().items()})
+        state = {k: v.detach().clone() for k, v in state.items()}
+        optimisers = [copy.deepcopy(o.state_dict()) for o in trainer.optimizers]
+        self.at.setdefault(int(module.step), (state, optimisers))
+
+
+def same(a, b) -> bool:
+    """Exact equality of nested dicts / lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_resume_after_kill_continues_the_uninterrupted_run(tmp_path):
+    def fresh():
+        torch.manual_seed(0)
+        return TokenizerModule(tiny_tokenizer(), perceptual_weight=0.0, disc_start=1, disc_layers=2)
+
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
-    module = TokenizerModule(tiny_tokenizer(), perceptual_weight=0.0, disc_start=1, disc_layers=2)
+    module = fresh()
     make_trainer(tmp_path, 3, callbacks=[ckpt], limit_val_batches=0).fit(module, datamodule=small_data())
     # a fresh process: new module, resumed from the last checkpoint, same max_steps target
-    resumed = TokenizerModule(tiny_tokenizer(), perceptual_weight=0.0, disc_start=1, disc_layers=2)
-    trainer = make_trainer(tmp_path, 6, limit_val_batches=0)
+    resumed, seen = fresh(), Snapshots()
+    trainer = make_trainer(tmp_path, 6, limit_val_batches=0, callbacks=[seen])
     trainer.fit(resumed, datamodule=small_data(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
-    straight = TokenizerModule(tiny_tokenizer(), perceptual_weight=0.0, disc_start=1, disc_layers=2)
-    reference = make_trainer(tmp_path / "ref", 6, limit_val_batches=0)
+    straight, reference_seen = fresh(), Snapshots()
+    reference = make_trainer(tmp_path / "ref", 6, limit_val_batches=0, callbacks=[reference_seen])
     reference.fit(straight, datamodule=small_data())
     assert int(resumed.step) == int(straight.step) > 0
     assert trainer.global_step == reference.global_step >= 6
+
+    # the first batch after the resume starts from exactly the state the uninterrupted run had at that step:
+    # every weight and buffer (generator, quantizer, discriminator, EMA copy, step) and both optimisers
+    step = min(seen.at)
+    assert step > 0, "the resumed run started from scratch"
+    state, optimisers = seen.at[step]
+    ref_state, ref_optimisers = reference_seen.at[step]
+    assert state.keys() == ref_state.keys()
+    differ = [k for k in state if not torch.equal(state[k], ref_state[k])]
+    assert not differ, f"resumed weights differ from the uninterrupted run at step {step}: {differ[:5]}"
+    assert same(optimisers, ref_optimisers), f"resumed optimiser state differs from the uninterrupted run at step {step}"
+    # and that state is the checkpoint's
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert same(saved["state_dict"], state)
 
 
 def test_bad_arguments():

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from .base import GeneratedCodebookQuantizer
+from .generated import GeneratedCodebookQuantizer
 from .vq import VectorQuantizer
 
 __all__ = ["FVQ", "VQBridge", "learning_annealing", "learning_annealing_lambda"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import GeneratedCodebookQuantizer
+from .generated import GeneratedCodebookQuantizer
 
 __all__ = ["SimVQ"]
 
