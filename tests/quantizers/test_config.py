@@ -274,11 +274,6 @@ class Window(ConfigMixin, nn.Module):
         self.register_buffer("part", whole[2:5])  # a view into the same storage, not the same tensor
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.py: save_pretrained dedups only identical views; a buffer that is a slice of another "
-    "reaches safetensors with shared memory and save_file refuses it (clone such views before saving)",
-)
 def test_overlapping_views_are_saved(tmp_path):
     w = Window()
     loaded = Window.from_pretrained(w.save_pretrained(tmp_path / "w"))
@@ -292,3 +287,8 @@ def test_from_config_builds_an_untrained_copy():
     assert rebuilt.config == q.config
     assert torch.equal(rebuilt.basis, q.basis)  # the seed is an argument, so the frozen basis is rebuilt
     assert not torch.equal(rebuilt.codebook_proj.weight, q.codebook_proj.weight)
+
+
+def test_misspelt_argument_names_the_class_and_its_arguments():
+    with pytest.raises(TypeError, match=r"FSQ: .*'bownd'.*; it takes levels, dim, .*bound"):
+        FSQ(levels=[8, 8], bownd="ifsq")

@@ -122,7 +122,11 @@ class ConfigMixin:
                     kw[new] = renamed_argument(kw.get(new), kw.pop(old), old, new)
             # the outermost constructor records (a subclass calling super().__init__ keeps its own)
             if "_init_config" not in self.__dict__:
-                bound = signature.bind(self, *args, **kw)
+                try:
+                    bound = signature.bind(self, *args, **kw)
+                except TypeError as err:
+                    known = ", ".join(n for n in signature.parameters if n != "self")
+                    raise TypeError(f"{cls.__name__}: {err}; it takes {known}") from None
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
                 arguments.pop("self")
@@ -190,7 +194,7 @@ class ConfigMixin:
         directory = Path(directory)
         config = self.config  # fails before anything is written when an argument is not JSON-safe
         tensors, extra = self._pretrained_state()
-        stored, tied, seen = {}, {}, {}
+        stored, tied, seen, storages = {}, {}, {}, set()
         for key, value in tensors.items():
             value = value.detach()
             ident = (value.untyped_storage().data_ptr(), value.storage_offset(), value.shape, value.stride())
@@ -198,7 +202,11 @@ class ConfigMixin:
                 tied[key] = seen[ident]  # safetensors refuses shared storage; keep one copy
                 continue
             seen[ident] = key
-            stored[key] = value.to("cpu").contiguous()
+            value = value.to("cpu").contiguous()
+            if value.numel() and value.untyped_storage().data_ptr() in storages:
+                value = value.clone()  # another view of memory already stored (a slice of it): its own copy
+            storages.add(value.untyped_storage().data_ptr())
+            stored[key] = value
         weights = directory / WEIGHTS_NAME
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write(weights, lambda tmp: save_file(stored, tmp, metadata={"format": _FORMAT}))
