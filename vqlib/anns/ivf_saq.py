@@ -32,6 +32,7 @@ import torch
 
 from ..quantizers import SAQ, SAQCodes, kmeans, nearest
 from ..quantizers.saq import caq_inner_products
+from . import fastscan
 from .base import Index, SearchParams
 
 __all__ = ["IVFSAQIndex"]
@@ -57,7 +58,13 @@ class IVFSAQIndex(Index):
         granularity, rounds, seed: passed to :class:`~vqlib.quantizers.SAQ`.
         kmeans_iters: Lloyd iterations of the coarse quantiser.
         max_train_per_list: k-means trains on at most this many vectors per list (FAISS's 256).
+
+    Attribute ``backend`` (not saved): ``"auto"`` (default) searches with the compiled fast scan of
+    :mod:`vqlib.anns.fastscan` when numba is installed, ``"numba"`` requires it, ``"torch"`` uses the torch scan
+    below (the reference). ``range_search`` always uses the torch scan.
     """
+
+    backend = "auto"
 
     def __init__(
         self,
@@ -172,7 +179,7 @@ class IVFSAQIndex(Index):
     def _search(self, x, k, params):
         nprobe, m = self._settings(params)
         kk = min(k * (params.k_factor or self.k_factor), self.ntotal) if self.refine else k
-        scores, pos = self._scan(x, kk, nprobe, m)
+        scores, pos = (self._scan_compiled if self._compiled() else self._scan)(x, kk, nprobe, m)
         if self.refine:
             return self._rerank(x, pos, k)
         return (scores if self.metric == "l2" else -scores), pos
@@ -202,6 +209,37 @@ class IVFSAQIndex(Index):
         nprobe = min(params.nprobe or self.nprobe, self.nlist)
         m = self.bound_m if params.bound_m is None else float(params.bound_m)
         return nprobe, m
+
+    def _compiled(self) -> bool:
+        if self.backend not in ("auto", "numba", "torch"):
+            raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {self.backend!r}")
+        if self.backend == "numba" and not fastscan.available():
+            raise ImportError("backend='numba' needs numba: pip install 'vqlib[anns]' (or set backend='auto')")
+        return self.backend != "torch" and fastscan.available() and bool(self._segments())
+
+    def _scan_compiled(self, x, k, nprobe, m):
+        """:meth:`_scan` by the compiled fast scan (same codes, same estimates; its own bound, see fastscan)."""
+        saq, segs, ip = self.saq, self._segments(), self.metric == "ip"
+        if getattr(self, "_fastscan", (None,))[0] is not self.codes:  # the layout follows the stored codes
+            unpacked, norms2 = self._codes_cache()
+            rescale = self.codes.factors[:, [s[4] for s in segs]]
+            layout = fastscan.build_layout([s[1:3] for s in segs], unpacked, rescale, norms2, self.offsets)
+            self._fastscan = (self.codes, layout)
+        layout = self._fastscan[1]
+        t0 = time.perf_counter()
+        probe = nearest(x, self.centroids, k=nprobe, metric=self.metric)[1]
+        qo, co = (x if ip else x - saq.mean) @ saq.basis, self.centroids @ saq.basis
+        tail = torch.ones(self.d, dtype=torch.bool)
+        for start, length, *_ in segs:
+            tail[start : start + length] = False
+        cut = ([s[0] for s in segs], [s[1] for s in segs], [s[3] for s in segs], layout)
+        qc = (x @ self.centroids.T + (x @ saq.mean)[:, None]).gather(1, probe) if ip else torch.zeros(len(x), nprobe)
+        scores, pos, stats = fastscan.search(fastscan.segment_queries(qo, *cut), fastscan.segment_queries(co, *cut),
+                                             qo[:, tail], co[:, tail], qc, probe, layout, k, m, self.metric)  # fmt: skip
+        counts = [stats["bounded"]] + stats["exact"]  # stage 0: 1-bit bound of every code; then exact segments
+        self.last_search_stats = {"pairs": counts, "needed": counts,
+                                  "seconds": [time.perf_counter() - t0] + [0.0] * len(segs)}  # fmt: skip
+        return torch.from_numpy(scores), torch.from_numpy(pos)
 
     def _rerank(self, x, pos, k):
         d = _exact(x, self.vectors[pos.clamp_min(0)], self.metric)
