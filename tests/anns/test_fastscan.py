@@ -243,3 +243,51 @@ def test_second_process_loads_compiled_kernels_from_disk(setup):
     hits, misses, found = out.stdout.split(maxsplit=2)
     assert (int(hits), int(misses)) == (1, 0), out.stdout
     assert found.strip() == "[[0, 1]]"
+
+
+# ---- IVFSAQIndex / SAQIndex search through the compiled scan ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ivf", "flat", "ivf-refine"])
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_index_backends_agree(kind, metric):
+    from vqlib.anns import IVFSAQIndex, SAQIndex
+
+    torch.set_num_threads(1)
+    xb, xq = spectrum_data(2000, 50, 64, 4.0, seed=4)
+    index = SAQIndex(64, 3, metric=metric) if kind == "flat" else IVFSAQIndex(64, 8, 3, metric=metric, refine=kind == "ivf-refine")
+    index.train(xb)
+    index.add(xb)
+    out = {}
+    for backend in ("torch", "numba"):
+        index.backend = backend
+        out[backend] = index.search(xq, 10, {"nprobe": 4, "bound_m": 0})
+        assert len(index.last_search_stats["pairs"]) >= 1
+    np.testing.assert_allclose(out["numba"][0], out["torch"][0], rtol=1e-4, atol=1e-5 * float(np.abs(out["torch"][0]).max()))
+    same = np.mean([set(a.tolist()) == set(b.tolist()) for a, b in zip(out["numba"][1], out["torch"][1])])
+    assert same >= 0.98  # only float ties may swap
+    index.backend = "auto"
+    pruned = index.search(xq, 10, {"nprobe": 4})[1]
+    assert np.mean([set(a.tolist()) == set(b.tolist()) for a, b in zip(pruned, out["numba"][1])]) >= 0.98
+
+
+def test_index_falls_back_to_torch_without_numba(monkeypatch):
+    from vqlib.anns import IVFSAQIndex
+
+    xb, xq = spectrum_data(1000, 20, 32, 4.0, seed=5)
+    index = IVFSAQIndex(32, 4, 4)
+    index.train(xb)
+    index.add(xb)
+    index.backend = "torch"
+    ref = index.search(xq, 5, {"nprobe": 2})
+    monkeypatch.setattr(fastscan, "available", lambda: False)
+    index.backend = "auto"
+    got = index.search(xq, 5, {"nprobe": 2})
+    np.testing.assert_array_equal(got[1], ref[1])
+    np.testing.assert_array_equal(got[0], ref[0])
+    index.backend = "numba"
+    with pytest.raises(ImportError, match="numba"):
+        index.search(xq, 5)
+    index.backend = "cuda"
+    with pytest.raises(ValueError, match="backend"):
+        index.search(xq, 5)
