@@ -55,7 +55,8 @@ class Setup:
             self.tail[seg.start : seg.stop] = False
         rescale = self.codes.factors[:, [seg.factors[1] for seg in self.segs]]
         self.layout = fastscan.build_layout([(seg.length, seg.bits) for seg in self.segs], self.unpacked, rescale,
-                                            self.saq.norms2(self.codes), self.offsets)  # fmt: skip
+                                            self.saq.norms2(self.codes), self.offsets,
+                                            self.codes.factors[:, [seg.factors[0] for seg in self.segs]])  # fmt: skip
 
     def probe(self, nprobe, metric):
         return nearest(self.xq, self.cents, k=nprobe, metric=metric)[1]

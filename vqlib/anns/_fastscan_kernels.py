@@ -5,7 +5,7 @@ Everything here is a top-level function with ``cache=True``: the compiled code i
 instruction sets are compiled from one kernel body, chosen by a literal ``mode``:
 
 - ``AVX512`` / ``AVX2``: the 4-bit look-up of 32 codes per block by byte shuffles (``vpshufb``, emitted as the
-  LLVM x86 intrinsic through llvmlite: no C compiler), bit-plane dot products by masked vector adds;
+  LLVM x86 intrinsic through llvmlite: no C compiler), exact dot products of the unpacked codes by 16-lane multiply-adds;
 - ``PORTABLE``: the same integer sums and the same float dot products in plain numba (any CPU numba supports).
 
 All modes give the same uint16 sums, hence the same pruning decisions and the same results.
@@ -94,21 +94,22 @@ _sums_avx512 = _shuffle_sums(64)
 
 
 @intrinsic
-def _plane_dot_simd(typingctx, planes, poff, u, uoff, nchunks):
-    """``Σ_i bit_i · u_i`` over ``16·nchunks`` bits (little-endian bytes): 16 bits → lane mask → masked add."""
-    sig = types.float32(planes, poff, u, uoff, nchunks)
+def _code_dot_simd(typingctx, ucodes, coff, u, uoff, nchunks):
+    """``Σ_i c_i · u_i`` over ``16·nchunks`` unsigned integer codes: 16 codes → 16 floats → multiply and add."""
+    sig = types.float32(ucodes, coff, u, uoff, nchunks)
     vf = ir.VectorType(_F32, 16)
 
     def codegen(context, builder, signature, args):
-        planes_v, poff_v, u_v, uoff_v, n_v = args
+        codes_v, coff_v, u_v, uoff_v, n_v = args
         ty = signature.args
-        pp = builder.bitcast(_address(context, builder, ty[0], planes_v, poff_v), _I16.as_pointer())
+        vc = ir.VectorType(ir.IntType(ty[0].dtype.bitwidth), 16)
+        pc = builder.bitcast(_address(context, builder, ty[0], codes_v, coff_v), vc.as_pointer())
         pu = builder.bitcast(_address(context, builder, ty[2], u_v, uoff_v), vf.as_pointer())
         acc = cgutils.alloca_once_value(builder, ir.Constant(vf, None))
         with cgutils.for_range(builder, n_v) as loop:
-            mask = builder.bitcast(builder.load(builder.gep(pp, [loop.index]), align=1), ir.VectorType(_I1, 16))
+            c = builder.uitofp(builder.load(builder.gep(pc, [loop.index]), align=1), vf)
             uv = builder.load(builder.gep(pu, [loop.index]), align=1)
-            builder.store(builder.fadd(builder.load(acc), builder.select(mask, uv, ir.Constant(vf, None))), acc)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(c, uv)), acc)
         v, n = builder.load(acc), 16
         while n > 1:  # pairwise horizontal sum; the portable path adds in the same order
             n //= 2
@@ -116,6 +117,33 @@ def _plane_dot_simd(typingctx, planes, poff, u, uoff, nchunks):
         return builder.extract_element(v, ir.Constant(_I32, 0))
 
     return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _code_dot_portable(ucodes, coff, u, uoff, nchunks):
+    """``_code_dot_simd`` in plain numba, with its 16 lanes and its order of additions."""
+    lanes = np.zeros(16, np.float32)
+    for c in range(nchunks):
+        for i in range(16):
+            lanes[i] += np.float32(ucodes[coff + 16 * c + i]) * u[uoff + 16 * c + i]
+    n = 16
+    while n > 1:
+        n //= 2
+        for i in range(n):
+            lanes[i] = lanes[i] + lanes[i + n]
+    return lanes[0]
+
+
+def _code_dot(mode, ucodes, coff, u, uoff, nchunks):
+    raise NotImplementedError  # replaced by the overload below inside compiled code
+
+
+@overload(_code_dot)
+def _code_dot_impl(mode, ucodes, coff, u, uoff, nchunks):
+    if not isinstance(mode, types.IntegerLiteral):
+        return None
+    kernel = _code_dot_portable if mode.literal_value == PORTABLE else _code_dot_simd
+    return lambda mode, ucodes, coff, u, uoff, nchunks: kernel(ucodes, coff, u, uoff, nchunks)
 
 
 @njit(cache=True, nogil=True)
@@ -134,26 +162,6 @@ def _sums_portable(codes, coff, lut, loff, npairs, out, ooff):
             out[ooff + v + 16] += np.uint16(lut[t0 + (b0 >> 4)]) + np.uint16(lut[t0 + 16 + (b1 >> 4)])
 
 
-@njit(cache=True, nogil=True)
-def _plane_dot_portable(planes, poff, u, uoff, nchunks):
-    """``_plane_dot_simd`` in plain numba, with its 16 lanes and its order of additions."""
-    lanes = np.zeros(16, np.float32)
-    for c in range(nchunks):
-        lo = planes[poff + 2 * c]
-        hi = planes[poff + 2 * c + 1]
-        for i in range(8):
-            if (lo >> i) & 1:
-                lanes[i] += u[uoff + 16 * c + i]
-            if (hi >> i) & 1:
-                lanes[8 + i] += u[uoff + 16 * c + 8 + i]
-    n = 16
-    while n > 1:
-        n //= 2
-        for i in range(n):
-            lanes[i] = lanes[i] + lanes[i + n]
-    return lanes[0]
-
-
 def _block_sums(mode, codes, coff, lut, loff, npairs, out, ooff):
     raise NotImplementedError  # replaced by the overload below inside compiled code
 
@@ -164,18 +172,6 @@ def _block_sums_impl(mode, codes, coff, lut, loff, npairs, out, ooff):
         return None
     kernel = {AVX512: _sums_avx512, AVX2: _sums_avx2}.get(mode.literal_value, _sums_portable)
     return lambda mode, codes, coff, lut, loff, npairs, out, ooff: kernel(codes, coff, lut, loff, npairs, out, ooff)
-
-
-def _plane_dot(mode, planes, poff, u, uoff, nchunks):
-    raise NotImplementedError
-
-
-@overload(_plane_dot)
-def _plane_dot_impl(mode, planes, poff, u, uoff, nchunks):
-    if not isinstance(mode, types.IntegerLiteral):
-        return None
-    kernel = _plane_dot_portable if mode.literal_value == PORTABLE else _plane_dot_simd
-    return lambda mode, planes, poff, u, uoff, nchunks: kernel(planes, poff, u, uoff, nchunks)
 
 
 @njit(nogil=True, inline="never")
@@ -191,8 +187,8 @@ def _insert(hd, hp, dist, p, k):
 
 @njit(nogil=True, fastmath=False, boundscheck=False)
 def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
-          grp_seg, grp_start, grp_dims, seg_start, seg_dims, seg_bits, plane_off,
-          blk_off, codes, fblk, rescale, norm2, planes, pos, out_d, out_p, stats):  # fmt: skip
+          grp_seg, grp_start, grp_dims, seg_start, seg_dims, seg_bits,
+          blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats):  # fmt: skip
     """Top-k over the probed lists of each query (rows of ``qseg``); see fastscan.py for the arrays and the bound."""
     literally(mode)
     nq, dp = qseg.shape
@@ -203,6 +199,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
     z = np.float32(0.0)
     u = np.zeros(dp, np.float32)
     lut = np.zeros(dp * 4, np.uint8)  # 16 entries per 4 dimensions
+    tab = np.zeros(16, np.float32)
     ginv = np.zeros(ng, np.float32)
     gadd = np.zeros(ng, np.float32)
     sumu = np.zeros(ns, np.float32)
@@ -214,6 +211,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
     tot = np.zeros(32, np.float32)
     lb = np.zeros(32, np.float32)
     base = np.zeros(32, np.float32)
+    wmax = np.zeros(32, np.float32)
     beta = np.float32(1.0) if ip else np.float32(2.0)
     prune = bound_m > 0
     m = np.float32(bound_m)
@@ -254,12 +252,17 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                         for sq in range(nsq):
                             a = g0 + 4 * sq
                             lo = min(u[a], z) + min(u[a + 1], z) + min(u[a + 2], z) + min(u[a + 3], z)
+                            # entry e = Σ of u[a + b] over the set bits b of e, added in increasing b
+                            tab[0] = z
+                            tab[1] = u[a]
+                            tab[2] = u[a + 1]
+                            tab[3] = u[a] + u[a + 1]
+                            for e in range(4):
+                                tab[4 + e] = tab[e] + u[a + 2]
+                            for e in range(8):
+                                tab[8 + e] = tab[e] + u[a + 3]
                             for e in range(16):
-                                v = z
-                                for b in range(4):
-                                    if (e >> b) & 1:
-                                        v += u[a + b]
-                                lut[4 * a + e] = np.uint8(np.int32((v - lo) * scale + np.float32(0.5)))
+                                lut[4 * a + e] = np.uint8(np.int32((tab[e] - lo) * scale + np.float32(0.5)))
                         ginv[g] = inv
                         # each table entry is off by at most half a step: nsq/2 steps per sum (+ float slack)
                         gadd[g] = bias + (np.float32(0.5) * nsq + np.float32(0.05)) * inv
@@ -268,7 +271,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                     for g in range(ng):
                         sadd[grp_seg[g]] += gadd[g]
                     for j in range(ns):  # m standard deviations of the 1-bit estimate's error, per segment
-                        slack[j] = m * np.sqrt(normsq[j])
+                        slack[j] = np.sqrt(normsq[j])
                 built = True
             if ip:
                 const = -qconst[qi, r]
@@ -299,9 +302,11 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                             up[j, t] += np.float32(acc[32 * g + t]) * ginv[g]
                     for t in range(32):
                         tot[t] = z
+                    for t in range(32):  # l2: the error's scale ‖w_j‖ is at most √(d + excess) for a code at distance d
+                        wmax[t] = np.sqrt(max(thr + fblk[blk, 2 * ns, t], z)) if not ip else inf
                     for j in range(ns):
                         for t in range(32):
-                            v = fblk[blk, 2 * j, t] * (up[j, t] + sadd[j]) + fblk[blk, 2 * j + 1, t] * slack[j]
+                            v = fblk[blk, 2 * j, t] * (up[j, t] + sadd[j]) + fblk[blk, 2 * j + 1, t] * m * min(slack[j], wmax[t])
                             up[j, t] = v
                             tot[t] += v
                     anyp = False
@@ -319,12 +324,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                     alive = True
                     for j in range(ns):
                         stats[qi, 1 + j] += 1
-                        nbytes = seg_dims[j] // 8
-                        dot = z
-                        w = np.float32(1.0)
-                        for b in range(seg_bits[j]):
-                            dot += w * _plane_dot(mode, planes[p], plane_off[j] + b * nbytes, u, seg_start[j], nbytes // 2)
-                            w *= np.float32(2.0)
+                        dot = _code_dot(mode, ucodes, p * dp + seg_start[j], u, seg_start[j], seg_dims[j] // 16)
                         delta = np.float32(2.0) / np.float32(1 << seg_bits[j])
                         e = rescale[p, j] * (delta * dot + (delta * np.float32(0.5) - np.float32(1.0)) * sumu[j])
                         est += e
@@ -341,26 +341,26 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
 
 @njit(cache=True, nogil=True)
 def scan_portable(qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-                  seg_dims, seg_bits, plane_off, blk_off, codes, fblk, rescale, norm2, planes, pos, out_d,
+                  seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d,
                   out_p, stats):  # fmt: skip
     _scan(PORTABLE, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-          seg_dims, seg_bits, plane_off, blk_off, codes, fblk, rescale, norm2, planes, pos, out_d, out_p, stats)  # fmt: skip
+          seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
 def scan_avx2(qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-              seg_dims, seg_bits, plane_off, blk_off, codes, fblk, rescale, norm2, planes, pos, out_d,
+              seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d,
               out_p, stats):  # fmt: skip
     _scan(AVX2, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-          seg_dims, seg_bits, plane_off, blk_off, codes, fblk, rescale, norm2, planes, pos, out_d, out_p, stats)  # fmt: skip
+          seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
 def scan_avx512(qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-                seg_dims, seg_bits, plane_off, blk_off, codes, fblk, rescale, norm2, planes, pos, out_d,
+                seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d,
                 out_p, stats):  # fmt: skip
     _scan(AVX512, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-          seg_dims, seg_bits, plane_off, blk_off, codes, fblk, rescale, norm2, planes, pos, out_d, out_p, stats)  # fmt: skip
+          seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
 
 
 KERNELS = {"portable": scan_portable, "avx2": scan_avx2, "avx512": scan_avx512}

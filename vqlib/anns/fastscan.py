@@ -13,7 +13,15 @@ of ``ō`` is the code's most significant bit, so ``s = bit − ½`` is RaBitQ's 
 Stage 1 computes ``⟨bit, u_j⟩`` for 32 codes at once from the bit plane packed FAISS-style (blocks of 32 vectors
 per list, 16-entry uint8 tables per 4 dimensions, uint16 sums). The tables are rounded: each entry is off by at
 most half a quantisation step, so ``n_sq/2`` steps are added to the bound, which therefore holds for the rounded
-sums too. A code whose lower bound on the distance (all segments at their bound) is not below the current k-th
+sums too.
+
+For l2 the error's scale is tighter than ``‖u_j‖``: ``⟨s, u_j⟩`` errs only through ``w_j``, the part of ``u_j``
+orthogonal to ``ō_j``, and ``‖w_j‖ ≤ ‖u_j − õ_j‖`` with ``õ_j = r_jō_j`` (CAQ's reconstruction). Summed over
+segments, ``‖u_j − õ_j‖² ≤ d + excess`` where ``d`` is the code's estimated squared distance and
+``excess = Σ_j ‖õ_j‖² − ‖o_j‖² ≥ 0`` (stored per code). The bound ``d ≥ X − 2m·Σ_j fe_j·min(‖u_j‖, √(d + excess))``
+increases in ``d``, so ``d < thr`` needs ``X − 2m·Σ_j fe_j·min(‖u_j‖, √(thr + excess)) < thr``: candidates are
+tested with ``√(thr + excess)`` in place of ``‖u_j‖`` wherever smaller (the k-th distance ``thr`` of the block's
+start: it only decreases). A code whose lower bound on the distance (all segments at their bound) is not below the current k-th
 distance is dropped; the others get the exact estimate segment by segment (SAQ's stages: after each segment the
 bound is tightened by its exact value and checked again), and the top k is kept inside the kernel. ``bound_m=0``
 scans every code exactly (the full scan the pruned one must agree with).
@@ -21,8 +29,9 @@ scans every code exactly (the full scan the pruned one must agree with).
 Layout arrays (all C-contiguous numpy, built by :func:`build_layout`):
 
 - ``codes``: uint8, per block ``D'/8`` pairs × 32 bytes (``D'``: coded dimensions, each segment padded to 16);
-- ``fblk``: float32 ``(blocks, 2S, 32)``: ``f1`` and ``fe`` per segment and code;
-- ``planes``: uint8 ``(32·blocks, Σ B_j·L'_j/8)``: all bit planes of every segment, bits little-endian;
+- ``fblk``: float32 ``(blocks, 2S + 1, 32)``: ``f1`` and ``fe`` per segment and code, then ``excess``;
+- ``ucodes``: ``(32·blocks, D')`` the integer codes unpacked (uint8, uint16 where a segment has over 8 bits),
+  each segment zero-padded like the queries: the exact estimate is one 16-lane multiply-add pass per segment;
 - ``rescale`` ``(32·blocks, S)``, ``norm2`` (+inf marks padding), ``pos`` (storage position, −1 for padding).
 """
 
@@ -82,14 +91,13 @@ class FastScanLayout:
     seg_dims: np.ndarray  # padded length (multiple of 16)
     seg_start: np.ndarray  # start in the padded query vector
     seg_bits: np.ndarray
-    plane_off: np.ndarray
     grp_seg: np.ndarray
     grp_start: np.ndarray
     grp_dims: np.ndarray
     blk_off: np.ndarray
     codes: np.ndarray
     fblk: np.ndarray
-    planes: np.ndarray
+    ucodes: np.ndarray
     rescale: np.ndarray
     norm2: np.ndarray
     pos: np.ndarray
@@ -103,7 +111,7 @@ class FastScanLayout:
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
 
-def build_layout(segments, codes, rescale, norm2, offsets) -> FastScanLayout:
+def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None) -> FastScanLayout:
     """Search layout from stored SAQ codes.
 
     Args:
@@ -112,6 +120,8 @@ def build_layout(segments, codes, rescale, norm2, offsets) -> FastScanLayout:
         rescale: ``(n, S)`` rescale factor ``‖o_j‖²/⟨ō_j, o_j⟩`` per segment.
         norm2: ``(n,)`` ``‖o‖²`` of the whole vector (dropped segments included).
         offsets: ``(nlist + 1,)`` start of each inverted list in storage order.
+        seg_norm2: ``(n, S)`` ``‖o_j‖²`` per coded segment; gives each code its ``excess`` (module docstring).
+            Without it the l2 bound uses ``‖u_j‖`` alone.
     """
     codes = [_np(c).astype(np.int64) for c in codes]
     rescale = _np(rescale).astype(np.float64).reshape(len(norm2), -1)
@@ -121,9 +131,10 @@ def build_layout(segments, codes, rescale, norm2, offsets) -> FastScanLayout:
         raise ValueError(f"expected codes and rescale factors for {ns} coded segments (at least one), got {len(codes)}")
     seg_len = np.array([length for length, _ in segments], np.int64)
     seg_bits = np.array([b for _, b in segments], np.int64)
+    if not (1 <= seg_bits).all() or not (seg_bits <= 16).all():
+        raise ValueError(f"coded segments need 1 to 16 bits, got {seg_bits.tolist()}")
     seg_dims = (seg_len + 15) // 16 * 16
     seg_start = np.concatenate([[0], np.cumsum(seg_dims)[:-1]]).astype(np.int64)
-    plane_off = np.concatenate([[0], np.cumsum(seg_bits * seg_dims // 8)[:-1]]).astype(np.int64)
     grp = [(j, s, min(GROUP_DIMS, e - s)) for j in range(ns) for e in [seg_start[j] + seg_dims[j]]
            for s in range(int(seg_start[j]), int(e), GROUP_DIMS)]  # fmt: skip
     dp = int(seg_dims.sum())
@@ -135,19 +146,21 @@ def build_layout(segments, codes, rescale, norm2, offsets) -> FastScanLayout:
     dest = blk_off[lists] * 32 + np.arange(n) - offsets[lists]  # slot of each stored vector
 
     msb = np.zeros((n, dp), np.uint8)
-    planes = np.zeros((nblk * 32, int((seg_bits * seg_dims).sum()) // 8), np.uint8)
-    fblk = np.zeros((nblk * 32, 2 * ns), np.float32)
+    ucodes = np.zeros((nblk * 32, dp), np.uint8 if seg_bits.max() <= 8 else np.uint16)
+    fblk = np.zeros((nblk * 32, 2 * ns + 1), np.float32)
+    seg_norm2 = None if seg_norm2 is None else _np(seg_norm2).astype(np.float64).reshape(n, ns)
+    excess = np.zeros(n) if seg_norm2 is not None else np.full(n, np.inf)
     for j, (c, length, b) in enumerate(zip(codes, seg_len, seg_bits)):
         if c.shape != (n, length):
             raise ValueError(f"segment {j}: expected codes of shape {(n, int(length))}, got {c.shape}")
-        s0, width = int(seg_start[j]), int(seg_dims[j])
+        s0 = int(seg_start[j])
         msb[:, s0 : s0 + length] = c >> (b - 1)
-        bits = np.zeros((n, width), np.uint8)
-        for p in range(b):
-            bits[:, :length] = (c >> p) & 1
-            o = int(plane_off[j]) + p * width // 8
-            planes[dest, o : o + width // 8] = np.packbits(bits, axis=1, bitorder="little")
+        ucodes[dest, s0 : s0 + length] = c
         fblk[dest, 2 * j : 2 * j + 2] = _bound_factors(c, int(b), rescale[:, j])
+        if seg_norm2 is not None:  # ‖õ_j‖² − ‖o_j‖² of the CAQ reconstruction õ_j = r_j·ō_j (≥ 0 up to rounding)
+            ob = (2.0 / (1 << int(b))) * (c + 0.5) - 1.0
+            excess += np.maximum(np.square(rescale[:, j]) * np.square(ob).sum(1) - seg_norm2[:, j], 0.0)
+    fblk[dest, 2 * ns] = excess * (1 + 1e-6) + 1e-6 * norm2  # float32 rounding of the distances, to be safe
     nib = (msb.reshape(n, dp // 4, 4) << np.arange(4, dtype=np.uint8)).sum(-1).astype(np.uint8)
     slots = np.zeros((nblk * 32, dp // 4), np.uint8)
     slots[dest] = nib
@@ -163,11 +176,11 @@ def build_layout(segments, codes, rescale, norm2, offsets) -> FastScanLayout:
     rescale_p = np.zeros((nblk * 32, ns), np.float32)
     rescale_p[dest] = rescale
     return FastScanLayout(
-        seg_len=seg_len, seg_dims=seg_dims, seg_start=seg_start, seg_bits=seg_bits, plane_off=plane_off,
+        seg_len=seg_len, seg_dims=seg_dims, seg_start=seg_start, seg_bits=seg_bits,
         grp_seg=np.array([g[0] for g in grp], np.int64), grp_start=np.array([g[1] for g in grp], np.int64),
         grp_dims=np.array([g[2] for g in grp], np.int64), blk_off=blk_off, codes=block_codes,
-        fblk=np.ascontiguousarray(fblk.reshape(nblk, 32, 2 * ns).transpose(0, 2, 1)),
-        planes=planes, rescale=rescale_p, norm2=norm2_p, pos=pos,
+        fblk=np.ascontiguousarray(fblk.reshape(nblk, 32, 2 * ns + 1).transpose(0, 2, 1)),
+        ucodes=ucodes, rescale=rescale_p, norm2=norm2_p, pos=pos,
     )  # fmt: skip
 
 
@@ -252,8 +265,8 @@ def search(qseg, cseg, qtail, ctail, qconst, probe, layout: FastScanLayout, k: i
 
     def run(a, b):
         kernel(f32[0][a:b], f32[1], f32[2][a:b], f32[3], f32[4][a:b], probe[a:b], metric == "ip", float(bound_m), k,
-               lay.grp_seg, lay.grp_start, lay.grp_dims, lay.seg_start, lay.seg_dims, lay.seg_bits, lay.plane_off,
-               lay.blk_off, lay.codes, lay.fblk, lay.rescale, lay.norm2, lay.planes, lay.pos,
+               lay.grp_seg, lay.grp_start, lay.grp_dims, lay.seg_start, lay.seg_dims, lay.seg_bits,
+               lay.blk_off, lay.codes, lay.fblk, lay.rescale, lay.norm2, lay.ucodes.reshape(-1), lay.pos,
                out_d[a:b], out_p[a:b], stats[a:b])  # fmt: skip
 
     threads = get_num_threads() if threads is None else int(threads)

@@ -149,7 +149,10 @@ class SAQLists:
         if self._layout is None:
             segs, unpacked, norms2 = self._coded()
             rescale = self.codes.factors[:, [s.factors[1] for s in segs]]
-            self._layout = fastscan.build_layout([(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets)
+            seg_norm2 = self.codes.factors[:, [s.factors[0] for s in segs]]
+            self._layout = fastscan.build_layout(
+                [(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets, seg_norm2
+            )
         return self._layout
 
     def scan_compiled(self, prep: dict, k: int, m: float) -> tuple[torch.Tensor, torch.Tensor]:
