@@ -106,7 +106,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="sift,minilm")
     parser.add_argument("--nlist", type=int, default=256)
-    parser.add_argument("--nprobe", default="1,2,4,8,16,32,64")
+    parser.add_argument("--nprobe", default=None, help="comma-separated (default 1,2,4,8,16,32,64; --quick: 1,4,16)")
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--base", type=int, default=None)
     parser.add_argument("--queries", type=int, default=1000)
@@ -116,8 +116,8 @@ def main():
     parser.add_argument("--results", default="runs/bench_fastscan.json")
     args = parser.parse_args()
     if args.quick:
-        args.base, args.queries, args.nlist, args.nprobe, args.repeats = 10000, 300, 64, "1,4,16", 2
-    args.nprobe = [int(v) for v in args.nprobe.split(",")]
+        args.base, args.queries, args.nlist, args.repeats = 10000, 300, 64, 2
+    args.nprobe = [int(v) for v in (args.nprobe or ("1,4,16" if args.quick else "1,2,4,8,16,32,64")).split(",")]
     faiss.omp_set_num_threads(1)
     set_num_threads(1)
     rows = [r for name in args.datasets.split(",") for r in run(name, args)]

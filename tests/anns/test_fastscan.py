@@ -54,9 +54,11 @@ class Setup:
         for seg in self.segs:
             self.tail[seg.start : seg.stop] = False
         rescale = self.codes.factors[:, [seg.factors[1] for seg in self.segs]]
+        self.cseg = fastscan.pad_segments([(cents @ self.saq.basis)[:, s.start : s.stop] @ s.rotation for s in self.segs])
         self.layout = fastscan.build_layout([(seg.length, seg.bits) for seg in self.segs], self.unpacked, rescale,
                                             self.saq.norms2(self.codes), self.offsets,
-                                            self.codes.factors[:, [seg.factors[0] for seg in self.segs]])  # fmt: skip
+                                            self.codes.factors[:, [seg.factors[0] for seg in self.segs]],
+                                            self.cseg)  # fmt: skip
 
     def probe(self, nprobe, metric):
         return nearest(self.xq, self.cents, k=nprobe, metric=metric)[1]
@@ -65,8 +67,8 @@ class Setup:
         ip = metric == "ip"
         qo = (self.xq if ip else self.xq - self.saq.mean) @ self.saq.basis
         co = self.cents @ self.saq.basis
-        qseg = fastscan.pad_segments([qo[:, s.start : s.stop] @ s.rotation for s in self.segs], self.layout)
-        cseg = fastscan.pad_segments([co[:, s.start : s.stop] @ s.rotation for s in self.segs], self.layout)
+        qseg = fastscan.pad_segments([qo[:, s.start : s.stop] @ s.rotation for s in self.segs])
+        cseg = fastscan.pad_segments([co[:, s.start : s.stop] @ s.rotation for s in self.segs])
         qc = (self.xq @ self.cents.T + (self.xq @ self.saq.mean)[:, None]).gather(1, probe.clamp(0, len(self.cents) - 1))
         return fastscan.search(qseg, cseg, qo[:, self.tail], co[:, self.tail], qc, probe, self.layout, k, bound_m,
                                metric, **kw)  # fmt: skip
@@ -179,6 +181,9 @@ def test_bad_input_is_refused(setup):
         setup.search(probe, 5, -1.0, "l2")
     with pytest.raises(ValueError, match="out of range"):
         setup.search(probe + 100, 5, 4.0, "l2")
+    with pytest.raises(ValueError, match="centroids"):  # an l2 layout is bound to its centroids
+        fastscan.search(setup.cseg[:3], setup.cseg + 1, np.zeros((3, 0)), np.zeros((len(setup.cseg), 0)),
+                        np.zeros((3, 1)), probe[:3, :1], setup.layout, 5, 4.0, "l2")  # fmt: skip
 
 
 # ---- pruning is safe: the pruned scan keeps the full scan's top k ------------------------------------------------

@@ -188,7 +188,7 @@ def _insert(hd, hp, dist, p, k):
 @njit(nogil=True, fastmath=False, boundscheck=False)
 def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
           grp_seg, grp_start, grp_dims, seg_start, seg_dims, seg_bits,
-          blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats):  # fmt: skip
+          blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats):  # fmt: skip
     """Top-k over the probed lists of each query (rows of ``qseg``); see fastscan.py for the arrays and the bound."""
     literally(mode)
     nq, dp = qseg.shape
@@ -198,6 +198,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
     inf = np.float32(np.inf)
     z = np.float32(0.0)
     u = np.zeros(dp, np.float32)
+    qa = np.zeros(dp, np.float32)
     lut = np.zeros(dp * 4, np.uint8)  # 16 entries per 4 dimensions
     tab = np.zeros(16, np.float32)
     ginv = np.zeros(ng, np.float32)
@@ -222,6 +223,37 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
             hd[i] = inf
             hp[i] = -1
         built = False
+        if prune:  # tables of ⟨bit, q − anchor⟩, once per query (l2: ⟨bit, c_l − anchor⟩ is stored per code)
+            for d in range(dp):
+                qa[d] = qseg[qi, d] if ip else qseg[qi, d] - anchor[d]
+            for g in range(ng):  # uint8 tables: per group one scale, per 4 dimensions one offset
+                g0 = grp_start[g]
+                nsq = grp_dims[g] // 4
+                span = z
+                bias = z
+                for sq in range(nsq):
+                    a = g0 + 4 * sq
+                    bias += min(qa[a], z) + min(qa[a + 1], z) + min(qa[a + 2], z) + min(qa[a + 3], z)
+                    span = max(span, abs(qa[a]) + abs(qa[a + 1]) + abs(qa[a + 2]) + abs(qa[a + 3]))
+                scale = np.float32(255.0) / span if span > 0 else z
+                inv = span / np.float32(255.0)
+                for sq in range(nsq):
+                    a = g0 + 4 * sq
+                    lo = min(qa[a], z) + min(qa[a + 1], z) + min(qa[a + 2], z) + min(qa[a + 3], z)
+                    # entry e = Σ of qa[a + b] over the set bits b of e, added in increasing b
+                    tab[0] = z
+                    tab[1] = qa[a]
+                    tab[2] = qa[a + 1]
+                    tab[3] = qa[a] + qa[a + 1]
+                    for e in range(4):
+                        tab[4 + e] = tab[e] + qa[a + 2]
+                    for e in range(8):
+                        tab[8 + e] = tab[e] + qa[a + 3]
+                    for e in range(16):
+                        lut[4 * a + e] = np.uint8(np.int32((tab[e] - lo) * scale + np.float32(0.5)))
+                ginv[g] = inv
+                # each table entry is off by at most half a step: nsq/2 steps per sum (+ float slack)
+                gadd[g] = bias + (np.float32(0.5) * nsq + np.float32(0.05)) * inv
         for r in range(nprobe):
             l = probe[qi, r]
             if l < 0 or blk_off[l] == blk_off[l + 1]:
@@ -238,34 +270,6 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                     sumu[j] = s
                     normsq[j] = s2
                 if prune:
-                    for g in range(ng):  # uint8 tables: per group one scale, per 4 dimensions one offset
-                        g0 = grp_start[g]
-                        nsq = grp_dims[g] // 4
-                        span = z
-                        bias = z
-                        for sq in range(nsq):
-                            a = g0 + 4 * sq
-                            bias += min(u[a], z) + min(u[a + 1], z) + min(u[a + 2], z) + min(u[a + 3], z)
-                            span = max(span, abs(u[a]) + abs(u[a + 1]) + abs(u[a + 2]) + abs(u[a + 3]))
-                        scale = np.float32(255.0) / span if span > 0 else z
-                        inv = span / np.float32(255.0)
-                        for sq in range(nsq):
-                            a = g0 + 4 * sq
-                            lo = min(u[a], z) + min(u[a + 1], z) + min(u[a + 2], z) + min(u[a + 3], z)
-                            # entry e = Σ of u[a + b] over the set bits b of e, added in increasing b
-                            tab[0] = z
-                            tab[1] = u[a]
-                            tab[2] = u[a + 1]
-                            tab[3] = u[a] + u[a + 1]
-                            for e in range(4):
-                                tab[4 + e] = tab[e] + u[a + 2]
-                            for e in range(8):
-                                tab[8 + e] = tab[e] + u[a + 3]
-                            for e in range(16):
-                                lut[4 * a + e] = np.uint8(np.int32((tab[e] - lo) * scale + np.float32(0.5)))
-                        ginv[g] = inv
-                        # each table entry is off by at most half a step: nsq/2 steps per sum (+ float slack)
-                        gadd[g] = bias + (np.float32(0.5) * nsq + np.float32(0.05)) * inv
                     for j in range(ns):
                         sadd[j] = np.float32(-0.5) * sumu[j]
                     for g in range(ng):
@@ -306,7 +310,8 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                         wmax[t] = np.sqrt(max(thr + fblk[blk, 2 * ns, t], z)) if not ip else inf
                     for j in range(ns):
                         for t in range(32):
-                            v = fblk[blk, 2 * j, t] * (up[j, t] + sadd[j]) + fblk[blk, 2 * j + 1, t] * m * min(slack[j], wmax[t])
+                            cd = z if ip else fblk[blk, 2 * ns + 1 + j, t]
+                            v = fblk[blk, 2 * j, t] * (up[j, t] + sadd[j] - cd) + fblk[blk, 2 * j + 1, t] * m * min(slack[j], wmax[t])
                             up[j, t] = v
                             tot[t] += v
                     anyp = False
@@ -341,26 +346,26 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
 
 @njit(cache=True, nogil=True)
 def scan_portable(qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-                  seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d,
+                  seg_dims, seg_bits, blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d,
                   out_p, stats):  # fmt: skip
     _scan(PORTABLE, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-          seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
+          seg_dims, seg_bits, blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
 def scan_avx2(qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-              seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d,
+              seg_dims, seg_bits, blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d,
               out_p, stats):  # fmt: skip
     _scan(AVX2, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-          seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
+          seg_dims, seg_bits, blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
 
 
 @njit(cache=True, nogil=True)
 def scan_avx512(qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-                seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d,
+                seg_dims, seg_bits, blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d,
                 out_p, stats):  # fmt: skip
     _scan(AVX512, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k, grp_seg, grp_start, grp_dims, seg_start,
-          seg_dims, seg_bits, blk_off, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
+          seg_dims, seg_bits, blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats)  # fmt: skip
 
 
 KERNELS = {"portable": scan_portable, "avx2": scan_avx2, "avx512": scan_avx512}

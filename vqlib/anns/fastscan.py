@@ -29,7 +29,9 @@ scans every code exactly (the full scan the pruned one must agree with).
 Layout arrays (all C-contiguous numpy, built by :func:`build_layout`):
 
 - ``codes``: uint8, per block ``D'/8`` pairs × 32 bytes (``D'``: coded dimensions, each segment padded to 16);
-- ``fblk``: float32 ``(blocks, 2S + 1, 32)``: ``f1`` and ``fe`` per segment and code, then ``excess``;
+- ``fblk``: float32 ``(blocks, 3S + 1, 32)``: ``f1`` and ``fe`` per segment and code, then ``excess``, then
+  ``⟨bit_j, c_l − anchor⟩`` per segment (``anchor``: the centroids' mean; the tables are built once per query
+  from ``q − anchor``, and ``⟨bit, u⟩ = ⟨bit, q − anchor⟩ − ⟨bit, c_l − anchor⟩``; ip: tables of ``q``);
 - ``ucodes``: ``(32·blocks, D')`` the integer codes unpacked (uint8, uint16 where a segment has over 8 bits),
   each segment zero-padded like the queries: the exact estimate is one 16-lane multiply-add pass per segment;
 - ``rescale`` ``(32·blocks, S)``, ``norm2`` (+inf marks padding), ``pos`` (storage position, −1 for padding).
@@ -95,6 +97,8 @@ class FastScanLayout:
     grp_start: np.ndarray
     grp_dims: np.ndarray
     blk_off: np.ndarray
+    anchor: np.ndarray
+    centroids: np.ndarray
     codes: np.ndarray
     fblk: np.ndarray
     ucodes: np.ndarray
@@ -111,7 +115,7 @@ class FastScanLayout:
         return sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
 
 
-def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None) -> FastScanLayout:
+def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None, centroids=None) -> FastScanLayout:
     """Search layout from stored SAQ codes.
 
     Args:
@@ -122,6 +126,8 @@ def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None) -> Fa
         offsets: ``(nlist + 1,)`` start of each inverted list in storage order.
         seg_norm2: ``(n, S)`` ``‖o_j‖²`` per coded segment; gives each code its ``excess`` (module docstring).
             Without it the l2 bound uses ``‖u_j‖`` alone.
+        centroids: ``(nlist, D')`` list centroids cut into rotated, padded segments as the queries are
+            (:func:`pad_segments`; default: all at the origin). l2 searches must pass the same to :func:`search`.
     """
     codes = [_np(c).astype(np.int64) for c in codes]
     rescale = _np(rescale).astype(np.float64).reshape(len(norm2), -1)
@@ -147,7 +153,13 @@ def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None) -> Fa
 
     msb = np.zeros((n, dp), np.uint8)
     ucodes = np.zeros((nblk * 32, dp), np.uint8 if seg_bits.max() <= 8 else np.uint16)
-    fblk = np.zeros((nblk * 32, 2 * ns + 1), np.float32)
+    fblk = np.zeros((nblk * 32, 3 * ns + 1), np.float32)
+    nlist = len(offsets) - 1
+    centroids = np.zeros((nlist, dp), np.float32) if centroids is None else np.array(_np(centroids), np.float32)
+    if centroids.shape != (nlist, dp):
+        raise ValueError(f"centroids: expected shape {(nlist, dp)}, got {centroids.shape}")
+    anchor = centroids.mean(0) if nlist else np.zeros(dp, np.float32)
+    shifted = (centroids - anchor).astype(np.float64)
     seg_norm2 = None if seg_norm2 is None else _np(seg_norm2).astype(np.float64).reshape(n, ns)
     excess = np.zeros(n) if seg_norm2 is not None else np.full(n, np.inf)
     for j, (c, length, b) in enumerate(zip(codes, seg_len, seg_bits)):
@@ -157,6 +169,8 @@ def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None) -> Fa
         msb[:, s0 : s0 + length] = c >> (b - 1)
         ucodes[dest, s0 : s0 + length] = c
         fblk[dest, 2 * j : 2 * j + 2] = _bound_factors(c, int(b), rescale[:, j])
+        top = (c >> (b - 1)).astype(np.float64)  # ⟨bit, c_l − anchor⟩: stage 1's tables hold ⟨bit, q − anchor⟩
+        fblk[dest, 2 * ns + 1 + j] = np.einsum("nd,nd->n", top, shifted[lists, s0 : s0 + length])
         if seg_norm2 is not None:  # ‖õ_j‖² − ‖o_j‖² of the CAQ reconstruction õ_j = r_j·ō_j (≥ 0 up to rounding)
             ob = (2.0 / (1 << int(b))) * (c + 0.5) - 1.0
             excess += np.maximum(np.square(rescale[:, j]) * np.square(ob).sum(1) - seg_norm2[:, j], 0.0)
@@ -179,7 +193,8 @@ def build_layout(segments, codes, rescale, norm2, offsets, seg_norm2=None) -> Fa
         seg_len=seg_len, seg_dims=seg_dims, seg_start=seg_start, seg_bits=seg_bits,
         grp_seg=np.array([g[0] for g in grp], np.int64), grp_start=np.array([g[1] for g in grp], np.int64),
         grp_dims=np.array([g[2] for g in grp], np.int64), blk_off=blk_off, codes=block_codes,
-        fblk=np.ascontiguousarray(fblk.reshape(nblk, 32, 2 * ns + 1).transpose(0, 2, 1)),
+        fblk=np.ascontiguousarray(fblk.reshape(nblk, 32, 3 * ns + 1).transpose(0, 2, 1)),
+        anchor=anchor.astype(np.float32), centroids=centroids,
         ucodes=ucodes, rescale=rescale_p, norm2=norm2_p, pos=pos,
     )  # fmt: skip
 
@@ -196,12 +211,15 @@ def _bound_factors(c: np.ndarray, bits: int, rescale: np.ndarray) -> np.ndarray:
     return np.stack([f1, fe], 1)
 
 
-def pad_segments(parts, layout: FastScanLayout) -> np.ndarray:
-    """Rotated segments ``(n, length_j)`` of each coded segment, zero-padded side by side as in ``layout``."""
-    out = np.zeros((len(parts[0]) if parts else 0, layout.dims), np.float32)
-    for j, part in enumerate(parts):
-        a = int(layout.seg_start[j])
+def pad_segments(parts) -> np.ndarray:
+    """Rotated segments ``(n, length_j)`` of each coded segment side by side, each zero-padded to a multiple of 16
+    (the layout's ``seg_start`` / ``seg_dims``)."""
+    widths = [(p.shape[1] + 15) // 16 * 16 for p in parts]
+    out = np.zeros((len(parts[0]) if parts else 0, sum(widths)), np.float32)
+    a = 0
+    for part, w in zip(parts, widths):
         out[:, a : a + part.shape[1]] = _np(part)
+        a += w
     return out
 
 
@@ -253,6 +271,8 @@ def search(qseg, cseg, qtail, ctail, qconst, probe, layout: FastScanLayout, k: i
     nq, nprobe = probe.shape
     if f32[0].shape != (nq, layout.dims) or f32[1].shape[1] != layout.dims:
         raise ValueError(f"query segments: expected (nq, {layout.dims}) rows, got {f32[0].shape} and {f32[1].shape}")
+    if metric == "l2" and not np.array_equal(f32[1], layout.centroids):
+        raise ValueError("cseg differs from the centroids the layout was built with: rebuild it (build_layout)")
     if probe.size and int(probe.max()) >= len(layout.blk_off) - 1:
         raise ValueError(f"probe: list {int(probe.max())} out of range for {len(layout.blk_off) - 1} lists")
     if f32[4].shape != (nq, nprobe):
@@ -266,7 +286,7 @@ def search(qseg, cseg, qtail, ctail, qconst, probe, layout: FastScanLayout, k: i
     def run(a, b):
         kernel(f32[0][a:b], f32[1], f32[2][a:b], f32[3], f32[4][a:b], probe[a:b], metric == "ip", float(bound_m), k,
                lay.grp_seg, lay.grp_start, lay.grp_dims, lay.seg_start, lay.seg_dims, lay.seg_bits,
-               lay.blk_off, lay.codes, lay.fblk, lay.rescale, lay.norm2, lay.ucodes.reshape(-1), lay.pos,
+               lay.blk_off, lay.anchor, lay.codes, lay.fblk, lay.rescale, lay.norm2, lay.ucodes.reshape(-1), lay.pos,
                out_d[a:b], out_p[a:b], stats[a:b])  # fmt: skip
 
     threads = get_num_threads() if threads is None else int(threads)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from ..quantizers import SAQ, SAQCodes
@@ -144,21 +145,25 @@ class SAQLists:
             return self.scan_compiled(prep, k, m)
         return self.scan_torch(prep, k, nprobe, m)
 
-    def layout(self) -> fastscan.FastScanLayout:
-        """The fast scan's search layout of the stored codes (built once per change of the lists)."""
-        if self._layout is None:
+    def layout(self, cseg: np.ndarray) -> fastscan.FastScanLayout:
+        """The fast scan's search layout of the stored codes for centroids ``cseg`` (:func:`fastscan.pad_segments`).
+
+        Built once per change of the lists (or of the centroids)."""
+        if self._layout is None or not np.array_equal(self._layout.centroids, cseg):
             segs, unpacked, norms2 = self._coded()
             rescale = self.codes.factors[:, [s.factors[1] for s in segs]]
             seg_norm2 = self.codes.factors[:, [s.factors[0] for s in segs]]
             self._layout = fastscan.build_layout(
-                [(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets, seg_norm2
+                [(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets, seg_norm2, cseg
             )
         return self._layout
 
     def scan_compiled(self, prep: dict, k: int, m: float) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`scan` by the compiled fast scan (same codes, same estimates; its own first-stage bound)."""
-        segs, layout = self._coded()[0], self.layout()
         t0 = time.perf_counter()
+        segs = self._coded()[0]
+        cseg = fastscan.pad_segments(prep["cs"])
+        layout = self.layout(cseg)
         qo, co, probe = prep["qo"], prep["co"], prep["probe"]
         tail = torch.ones(qo.shape[1], dtype=torch.bool)
         for s in segs:
@@ -167,7 +172,7 @@ class SAQLists:
             qc = prep["qc"].gather(1, probe.clamp_min(0))
         else:
             qc = torch.zeros(probe.shape)
-        qseg, cseg = fastscan.pad_segments(prep["qs"], layout), fastscan.pad_segments(prep["cs"], layout)
+        qseg = fastscan.pad_segments(prep["qs"])
         scores, pos, stats = fastscan.search(qseg, cseg, qo[:, tail], co[:, tail], qc, probe, layout, k, m, self.metric)
         counts = [stats["bounded"], *stats["exact"]]  # stage 0: the 4-bit bound of every code; then exact segments
         seconds = [0.0] * len(counts)
