@@ -16,7 +16,7 @@ import torch
 from ..quantizers import SAQ, SAQCodes, kmeans, nearest
 from .base import Index, SearchParams, check_search_values
 from .flat import FlatIndex
-from .saq_lists import SAQLists, pruning_summary, same_training
+from .saq_lists import BACKENDS, SAQLists, pruning_summary, same_training
 
 __all__ = ["IVFSAQIndex", "pruning_summary"]
 
@@ -40,7 +40,7 @@ class IVFSAQIndex(Index):
         saq_plan: a fixed SAQ segmentation ``[(length, bits), ...]`` (SAQ's ``plan=``).
 
     Search parameters: ``nprobe``, ``bound_m``. Wrap in :class:`~vqlib.anns.refine.RefineIndex`
-    (``",Refine"``) to re-rank candidates exactly.
+    (``",Refine"``) to re-rank candidates exactly. Attribute ``backend``: ``"auto"`` | ``"numba"`` | ``"torch"`` (the scan used).
     """
 
     search_params = ("nprobe", "bound_m")
@@ -104,6 +104,19 @@ class IVFSAQIndex(Index):
     @property
     def last_search_stats(self) -> dict:
         return self.invlists.last_search_stats
+
+    @property
+    def backend(self) -> str:
+        """Scan implementation (not saved): ``"auto"`` (default; the compiled fast scan when numba is installed),
+        ``"numba"`` or ``"torch"`` (the reference); see :class:`~vqlib.anns.saq_lists.SAQLists`. Range search
+        always scans in torch."""
+        return self.invlists.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self.invlists.backend = value
 
     @property
     def profile(self) -> bool:

@@ -13,7 +13,7 @@ import torch
 
 from ..quantizers import SAQ, SAQCodes
 from .base import Index, SearchParams, check_search_values
-from .saq_lists import SAQLists, same_training
+from .saq_lists import BACKENDS, SAQLists, same_training
 
 __all__ = ["SAQIndex"]
 
@@ -30,7 +30,7 @@ class SAQIndex(Index):
         saq_plan: a fixed SAQ segmentation ``[(length, bits), ...]`` (SAQ's ``plan=``).
 
     Search parameter: ``bound_m``. Wrap in :class:`~vqlib.anns.refine.RefineIndex` (``",Refine"``)
-    to re-rank candidates exactly.
+    to re-rank candidates exactly. Attribute ``backend``: ``"auto"`` | ``"numba"`` | ``"torch"`` (the scan used).
     """
 
     search_params = ("bound_m",)
@@ -71,6 +71,19 @@ class SAQIndex(Index):
     @property
     def last_search_stats(self) -> dict:
         return self.invlists.last_search_stats
+
+    @property
+    def backend(self) -> str:
+        """Scan implementation (not saved): ``"auto"`` (default; the compiled fast scan when numba is installed),
+        ``"numba"`` or ``"torch"`` (the reference); see :class:`~vqlib.anns.saq_lists.SAQLists`. Range search
+        always scans in torch."""
+        return self.invlists.backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        self.invlists.backend = value
 
     @property
     def profile(self) -> bool:

@@ -19,7 +19,12 @@ at its most favourable bound, is still above the current k-th distance cannot
 enter the top k and its remaining segments are never read. ``bound_m=0`` turns
 pruning off (a full scan of the same codes).
 
-The scan is vectorised in torch: queries probing the same list form a group,
+Two implementations of :meth:`SAQLists.scan` give the same results (``backend``): the compiled fast
+scan of :mod:`vqlib.anns.fastscan` (numba, ``pip install 'vqlib[anns]'``; its first stage bounds every
+code from 4-bit look-up tables of each segment's top bit plane, then the stages below) and the torch
+scan, the reference, which ``range_scan`` always uses.
+
+The torch scan is vectorised: queries probing the same list form a group,
 the list is read in blocks, and each stage computes only the code columns that
 some query of the group still needs. Lists are visited in rounds of probe rank
 (the nearest list of every query first), so thresholds tighten early. The hot
@@ -30,12 +35,17 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from ..quantizers import SAQ, SAQCodes
 from ..quantizers.saq import caq_inner_products
+from . import fastscan
 
-__all__ = ["SAQLists", "pruning_summary"]
+__all__ = ["BACKENDS", "SAQLists", "pruning_summary"]
+
+#: values of :attr:`SAQLists.backend`
+BACKENDS = ("auto", "numba", "torch")
 
 # Codes per block of a list: the (queries × block) score matrices of a group stay a few MiB.
 _BLOCK = 4096
@@ -48,7 +58,12 @@ class SAQLists:
 
     The owning index keeps its ids in the same storage order (``store`` returns the permutation).
     Set ``profile = True`` to record seconds per stage in ``last_search_stats``.
+
+    ``backend`` (not saved): ``"auto"`` (default) scans with the compiled fast scan when numba is
+    installed and the torch scan otherwise, ``"numba"`` requires numba, ``"torch"`` always uses the torch scan.
     """
+
+    backend = "auto"
 
     def __init__(self, saq: SAQ, nlist: int, metric: str):
         self.saq, self.nlist, self.metric = saq, nlist, metric
@@ -58,6 +73,7 @@ class SAQLists:
         self.last_search_stats: dict = {}
         self.profile = False
         self._cache = None
+        self._layout = None
 
     def set_codec(self, saq: SAQ) -> None:
         """A (newly) fitted codec; the lists start empty."""
@@ -65,7 +81,7 @@ class SAQLists:
         self.codes = saq.encode(torch.zeros(0, saq.dim))
         self.lists = torch.zeros(0, dtype=torch.int64)
         self.offsets = torch.zeros(self.nlist + 1, dtype=torch.int64)
-        self._cache = None
+        self._cache = self._layout = None
 
     def store(self, codes: SAQCodes, lists: torch.Tensor) -> torch.Tensor:
         """Store ``codes`` of ``lists``, grouped by list; returns the permutation applied (for the ids)."""
@@ -73,7 +89,7 @@ class SAQLists:
         self.codes, self.lists = codes[order], lists[order]
         self.offsets = torch.zeros(self.nlist + 1, dtype=torch.int64)
         self.offsets[1:] = torch.cumsum(torch.bincount(self.lists, minlength=self.nlist), 0)
-        self._cache = None
+        self._cache = self._layout = None
         return order
 
     # ---- per-search data ---------------------------------------------------------
@@ -115,8 +131,58 @@ class SAQLists:
 
     # ---- scans -------------------------------------------------------------------------
 
+    def compiled(self) -> bool:
+        """Whether :meth:`scan` uses the compiled fast scan (``backend`` and numba being installed)."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "numba" and not fastscan.available():
+            raise ImportError("backend='numba' needs numba: pip install 'vqlib[anns]' (or set backend='auto')")
+        return self.backend != "torch" and fastscan.available()
+
     def scan(self, prep: dict, k: int, nprobe: int, m: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k (scores, positions) over the probed lists; score is the squared distance or −⟨q, x⟩."""
+        if self.compiled():
+            return self.scan_compiled(prep, k, m)
+        return self.scan_torch(prep, k, nprobe, m)
+
+    def layout(self, cseg: np.ndarray) -> fastscan.FastScanLayout:
+        """The fast scan's search layout of the stored codes for centroids ``cseg`` (:func:`fastscan.pad_segments`).
+
+        Built once per change of the lists (or of the centroids)."""
+        if self._layout is None or not np.array_equal(self._layout.centroids, cseg):
+            segs, unpacked, norms2 = self._coded()
+            rescale = self.codes.factors[:, [s.factors[1] for s in segs]]
+            seg_norm2 = self.codes.factors[:, [s.factors[0] for s in segs]]
+            self._layout = fastscan.build_layout(
+                [(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets, seg_norm2, cseg
+            )
+        return self._layout
+
+    def scan_compiled(self, prep: dict, k: int, m: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`scan` by the compiled fast scan (same codes, same estimates; its own first-stage bound)."""
+        t0 = time.perf_counter()
+        segs = self._coded()[0]
+        cseg = fastscan.pad_segments(prep["cs"])
+        layout = self.layout(cseg)
+        qo, co, probe = prep["qo"], prep["co"], prep["probe"]
+        tail = torch.ones(qo.shape[1], dtype=torch.bool)
+        for s in segs:
+            tail[s.start : s.stop] = False
+        if self.metric == "ip":
+            qc = prep["qc"].gather(1, probe.clamp_min(0))
+        else:
+            qc = torch.zeros(probe.shape)
+        qseg = fastscan.pad_segments(prep["qs"])
+        scores, pos, stats = fastscan.search(qseg, cseg, qo[:, tail], co[:, tail], qc, probe, layout, k, m, self.metric)
+        counts = [stats["bounded"], *stats["exact"]]  # stage 0: the 4-bit bound of every code; then exact segments
+        seconds = [0.0] * len(counts)
+        if self.profile:  # one compiled call: its time goes to the first stage
+            seconds[0] = time.perf_counter() - t0
+        self.last_search_stats = {"pairs": counts, "needed": counts, "seconds": seconds}
+        return torch.from_numpy(scores), torch.from_numpy(pos)
+
+    def scan_torch(self, prep: dict, k: int, nprobe: int, m: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`scan` in torch (the reference)."""
         nq = len(prep["qo"])
         best_s = torch.full((nq, k), float("inf"))
         best_p = torch.full((nq, k), -1, dtype=torch.int64)
