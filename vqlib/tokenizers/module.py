@@ -205,16 +205,31 @@ class TokenizerModule(pl.LightningModule):
         metrics = self.validation_metrics()
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False)
 
-    def validation_metrics(self) -> dict[str, float]:
-        """PSNR/SSIM over the whole validation set (all ranks), usage since the epoch start."""
-        def gather(values: list[torch.Tensor]) -> torch.Tensor:
+    @torch.no_grad()
+    def evaluate(self, loader) -> dict[str, float]:
+        """:meth:`validation_metrics` of the eval model over ``loader``, outside a Trainer loop, in this
+        process alone (no gathering across ranks); used for the final validation after ``fit``."""
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        try:
+            self.on_validation_epoch_start()
+            for i, batch in enumerate(loader):
+                self.validation_step(batch.to(self.device), i)
+            return self.validation_metrics(gather=False)
+        finally:
+            model.train(was_training)
+
+    def validation_metrics(self, gather: bool = True) -> dict[str, float]:
+        """PSNR/SSIM over the whole validation set (all ranks unless ``gather=False``), usage since the epoch start."""
+        def collect(values: list[torch.Tensor]) -> torch.Tensor:
             t = torch.cat(values) if values else torch.zeros(0, device=self.device)
-            if self._trainer is not None and self.trainer.world_size > 1:
+            if gather and self._trainer is not None and self.trainer.world_size > 1:
                 t = self.all_gather(t).flatten(0, 1)
             return t
 
         def mean(values: list[torch.Tensor]) -> float:
-            t = gather(values)
+            t = collect(values)
             return float(t.mean()) if t.numel() else math.nan
 
         usage = self.eval_model.quantizer.usage()
@@ -226,7 +241,7 @@ class TokenizerModule(pl.LightningModule):
             "bpp": self.eval_model.bits_per_pixel(),
         }
         if self._val.get("feat_real"):
-            real, recon = gather(self._val["feat_real"]), gather(self._val["feat_recon"])
+            real, recon = collect(self._val["feat_real"]), collect(self._val["feat_recon"])
             if len(real) >= 2:
                 metrics["rfid"] = frechet_distance(real.cpu(), recon.cpu())
                 metrics["rfid_n"] = float(len(real))
