@@ -137,7 +137,7 @@ def _trainer_defaults() -> dict:
 def _tokens_command(argv: list[str]) -> None:
     import argparse
 
-    from .tokenizers.callbacks import save_grid
+    from .tokenizers.images import save_grid
     from .tokenizers.tokens import load_tokens, save_tokens
 
     parser = argparse.ArgumentParser(prog="vqlib")
@@ -178,7 +178,7 @@ def _read_images(paths: list[str]) -> dict:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from .tokenizers.data import to_rgb_tensor
+    from .tokenizers.images import to_rgb_tensor
 
     images = {}
     for path in map(Path, paths):

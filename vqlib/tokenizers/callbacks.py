@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 
 from ..io import atomic_write
+from .images import save_grid
 
 
 class ExportTokenizer(pl.Callback):
@@ -170,17 +171,3 @@ def _steps_row(metrics: dict) -> str:
     elif "train_seconds" in metrics:
         text += f" (max_steps reached in {_duration(metrics['train_seconds'])})"
     return text
-
-
-def save_grid(images: torch.Tensor, path: Path, rows: int) -> None:
-    """Images in ``[-1, 1]`` as a PNG grid with ``rows`` rows (written atomically)."""
-    from PIL import Image
-
-    n, c, h, w = images.shape
-    cols = (n + rows - 1) // rows
-    grid = torch.ones(c, rows * h + (rows - 1) * 2, cols * w + (cols - 1) * 2)
-    for i, img in enumerate(images):
-        r, col = divmod(i, cols)
-        grid[:, r * (h + 2) : r * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = (img.float().cpu() + 1) / 2
-    array = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
