@@ -67,10 +67,11 @@ def stop_reason(trainer: pl.Trainer) -> dict:
     if timer is not None and timer.time_remaining() is not None:
         info["train_seconds"] = round(timer.time_elapsed(), 1)
         info["max_seconds"] = round(timer.time_remaining() + timer.time_elapsed(), 1)
-    if "max_seconds" in info and info["train_seconds"] >= info["max_seconds"]:
-        info["stopped_by"] = "max_time"
-    elif trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+    # max_steps first: a run that reached it was stopped by it, even if validation then ran past the budget
+    if trainer.max_steps is not None and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         info["stopped_by"] = "max_steps"
+    elif "max_seconds" in info and info["train_seconds"] >= info["max_seconds"]:
+        info["stopped_by"] = "max_time"
     else:
         info["stopped_by"] = "other"
     return info
@@ -168,6 +169,6 @@ def _steps_row(metrics: dict) -> str:
     text = str(metrics.get("step"))
     if metrics.get("stopped_by") == "max_time":
         text += f" (stopped by the time budget, max_time {_duration(metrics['max_seconds'])}, after {_duration(metrics['train_seconds'])})"
-    elif "train_seconds" in metrics:
-        text += f" (max_steps reached in {_duration(metrics['train_seconds'])})"
+    elif metrics.get("stopped_by") == "max_steps":
+        text += " (max_steps reached" + (f" in {_duration(metrics['train_seconds'])})" if "train_seconds" in metrics else ")")
     return text
