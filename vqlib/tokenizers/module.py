@@ -19,6 +19,7 @@ import math
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from .losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, load_lpips
 from .metrics import fid_features, frechet_distance, psnr, ssim
@@ -104,8 +105,10 @@ class TokenizerModule(pl.LightningModule):
         hp = self.hparams
         # one fused kernel for all parameters instead of ~10 small ops per tensor: on CPU, where PyTorch's
         # default is the per-tensor loop, that was 14 % of a demo step (torch.profiler, benchmarks/bench_demo.py)
-        fused = True if self.device.type in ("cpu", "cuda") else None
-        kw = dict(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, fused=fused)
+        # (Lightning refuses gradient clipping with a fused optimiser under mixed precision: multi-tensor there)
+        mixed = self._trainer is not None and isinstance(self.trainer.precision_plugin, MixedPrecision)
+        fast = {"foreach": True} if mixed or self.device.type not in ("cpu", "cuda") else {"fused": True}
+        kw = dict(lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay, **fast)
         return [torch.optim.AdamW(self.model.parameters(), **kw), torch.optim.AdamW(self.discriminator.parameters(), **kw)]
 
     def _lr_factor(self) -> float:
