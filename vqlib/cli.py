@@ -5,17 +5,102 @@
     vqlib encode IMAGES... --tokenizer DIR -o tokens.safetensors
     vqlib decode tokens.safetensors --tokenizer DIR -o OUT_DIR
     vqlib anns build|search|bench ...                   # ANN indexes on SAQ codes (vqlib.anns.cli)
+
+A file that is not what a command expects (not an image, not a tokens file,
+not an index, a missing or damaged tokenizer folder) is reported in one line,
+``vqlib: error: ...``, naming the file and what was expected, with exit status 2
+and nothing written. ``--debug`` (anywhere on the line) or ``VQLIB_DEBUG=1``
+shows the traceback instead.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from pathlib import Path
 
+# OpenMP wait policy for the training commands when the user has not set one.
+# PyTorch's OpenMP threads spin after each parallel region (the "ACTIVE" policy);
+# on a machine whose cores another process also uses, the spinning threads steal
+# each other's time and a step gets several times slower; "PASSIVE" makes them
+# sleep instead. Measured by benchmarks/bench_demo.py; None leaves OpenMP's default.
+OMP_WAIT_POLICY: str | None = None
+TRAINING_COMMANDS = ("fit", "validate", "test", "predict")
+IMAGE_HINT = "expected an image file (PNG, JPEG, WebP, BMP, TIFF, ...)"
+TOKENIZER_HINT = "--tokenizer expects a folder written by `vqlib fit` or save_pretrained (`make demo` writes runs/demo/tokenizer)"
+
+
+class InputError(ValueError):
+    """A command-line argument naming the wrong kind of file: reported in one line, exit status 2."""
+
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("VQLIB_DEBUG", "").strip() not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    if from_command_line:
+        _apply_omp_wait_policy(argv)
+        sys.argv[1:] = argv  # LightningCLI reads the command line itself (passing args too makes it warn)
+    try:
+        _run(argv, None if from_command_line else argv)
+    except _input_errors() as err:
+        if debug:
+            raise
+        print(f"vqlib: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean "wrong file" rather than a bug (only of modules already loaded)."""
+    errors: list[type[Exception]] = [InputError]
+    for module, name in (
+        ("vqlib.quantizers.config", "PretrainedFileError"),
+        ("vqlib.tokenizers.tokens", "TokensFileError"),
+        ("vqlib.anns.serialize", "IndexFileError"),
+    ):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
+
+
+def _apply_omp_wait_policy(argv: list[str]) -> None:
+    """Set ``OMP_WAIT_POLICY`` for training commands, unless the user set it or it is switched off.
+
+    OpenMP reads its environment once, when PyTorch loads it; ``import vqlib``
+    has done that by the time this runs, so the process starts itself afresh.
+    """
+    if OMP_WAIT_POLICY is None or "OMP_WAIT_POLICY" in os.environ or not argv or argv[0] not in TRAINING_COMMANDS:
+        return
+    os.environ["OMP_WAIT_POLICY"] = OMP_WAIT_POLICY
+    if "torch" in sys.modules and os.name == "posix":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "vqlib.cli", *argv])
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning prints on every run that a vqlib user can do nothing about (narrowly, by message).
+
+    * lightning 2.6's ``_pytree`` builds torch's deprecated ``LeafSpec`` (a
+      ``FutureWarning`` since torch 2.10), fixed upstream only in newer lightning;
+    * the "litlogger" advertisement logged at ``INFO`` when a trainer is built.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+        logger.addFilter(_DropLitLoggerTip())
+
+
+class _DropLitLoggerTip:
+    def filter(self, record) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def _run(argv: list[str], args: list[str] | None) -> None:
     if argv and argv[0] in ("encode", "decode"):
         return _tokens_command(argv)
     if argv and argv[0] == "anns":
@@ -25,20 +110,35 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from lightning.pytorch.cli import LightningCLI
 
+    quiet_lightning()
     # denormal floats from tiny EMA/Adam statistics slow CPU training several-fold
     torch.set_flush_denormal(True)
 
     from .tokenizers.module import TokenizerModule
 
-    LightningCLI(TokenizerModule, args=argv, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+    LightningCLI(
+        TokenizerModule,
+        args=args,
+        trainer_defaults=_trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def _trainer_defaults() -> dict:
+    """A log (stdout not a terminal) gets a plain progress line every few steps instead of the rich bar."""
+    if sys.stdout.isatty():
+        return {}
+    from .tokenizers.callbacks import PrintProgress
+
+    return {"enable_progress_bar": False, "callbacks": [PrintProgress()]}
 
 
 def _tokens_command(argv: list[str]) -> None:
-    from safetensors.torch import load_file, save_file
+    import argparse
 
-    from .tokenizers import VQTokenizer
-    from .tokenizers.callbacks import save_grid
-    from .tokenizers.data import to_rgb_tensor
+    from .tokenizers.images import save_grid
+    from .tokenizers.tokens import load_tokens, save_tokens
 
     parser = argparse.ArgumentParser(prog="vqlib")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,35 +152,60 @@ def _tokens_command(argv: list[str]) -> None:
     dec.add_argument("--tokenizer", required=True)
     dec.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
-    model = VQTokenizer.from_pretrained(args.tokenizer)
 
     if args.command == "encode":
-        import numpy as np
-        from PIL import Image
-
-        from .io import atomic_write
-
+        images = _read_images(args.images)  # every file checked before any work
+        model = _load_tokenizer(args.tokenizer)
         tensors = {}
-        for path in args.images:
-            with Image.open(path) as im:
-                img = to_rgb_tensor(np.asarray(im.convert("RGB")))
-            img = _fit(img, args.size, model.downsample)
-            tensors[Path(path).stem] = model.encode(img[None] * 2 - 1)[0].contiguous()
-        out = Path(args.output)
-        meta = {"format": "vqlib.tokens", "version": "1", "tokenizer": str(args.tokenizer)}
-        atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        for name, (path, img) in images.items():
+            img = _fit(img, args.size, model.downsample, path)
+            tensors[name] = model.encode(img[None] * 2 - 1)[0]
+        out = save_tokens(args.output, tensors, tokenizer=args.tokenizer, codebook_size=model.quantizer.codebook_size)
         print(f"wrote {len(tensors)} token maps to {out}")
     else:
-        tokens = load_file(args.tokens)
+        tokens = load_tokens(args.tokens)
+        model = _load_tokenizer(args.tokenizer)
+        tokens.check_codebook_size(model.quantizer.codebook_size, f"the tokenizer in {args.tokenizer}")
+        images = {name: model.decode(idx[None]).clamp(-1, 1) for name, idx in tokens.items()}
         out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, idx in tokens.items():
-            img = model.decode(idx[None].long())
-            save_grid(img.clamp(-1, 1), out / f"{name}.png", rows=1)
-        print(f"wrote {len(tokens)} images to {out}")
+        for name, img in images.items():
+            save_grid(img, out / f"{name}.png", rows=1)
+        print(f"wrote {len(images)} images to {out}")
 
 
-def _fit(img, size, multiple):
+def _read_images(paths: list[str]) -> dict:
+    """``stem -> (path, (3, H, W) tensor in [0, 1])``; an unreadable file or a repeated stem is an InputError."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from .tokenizers.images import to_rgb_tensor
+
+    images = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise InputError(f"{path} does not exist or is not a file; {IMAGE_HINT}")
+        try:
+            with Image.open(path) as im:
+                array = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise InputError(f"{path} is not an image that Pillow can read ({err}); {IMAGE_HINT}") from err
+        if path.stem in images:
+            raise InputError(f"{path} and {images[path.stem][0]} would both be stored as {path.stem!r}: rename one")
+        images[path.stem] = (path, to_rgb_tensor(array))
+    return images
+
+
+def _load_tokenizer(path: str):
+    from .quantizers.config import PretrainedFileError
+    from .tokenizers import VQTokenizer
+
+    try:
+        return VQTokenizer.from_pretrained(path)
+    except PretrainedFileError as err:
+        raise PretrainedFileError(f"{err} ({TOKENIZER_HINT})") from err
+
+
+def _fit(img, size, multiple, path=None):
     """Resize the short side to ``size`` (if given) and centre-crop to a multiple of the downsampling factor."""
     import torch.nn.functional as F
 
@@ -94,7 +219,7 @@ def _fit(img, size, multiple):
     h, w = img.shape[-2:]
     h2, w2 = h - h % multiple, w - w % multiple
     if h2 == 0 or w2 == 0:
-        raise ValueError(f"image of {w}x{h} is smaller than the tokenizer's downsampling factor {multiple}")
+        raise InputError(f"{path or 'image'} is {w}x{h}, smaller than the tokenizer's downsampling factor {multiple}")
     return img[:, :h2, :w2].clamp(0, 1)
 
 

@@ -66,7 +66,7 @@ def main(argv: list[str]) -> None:
     e.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
-    from . import FlatIndex, index_factory, read_index, set_num_threads, write_index
+    from . import FlatIndex, index_factory, set_num_threads, write_index
 
     if getattr(args, "threads", None):
         set_num_threads(args.threads)
@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
         print(f"built {args.factory} on {index.ntotal} vectors of dim {index.d} in {time.perf_counter() - t0:.2f} s; "
               f"wrote {args.output} ({Path(args.output).stat().st_size} bytes)")  # fmt: skip
     elif args.command == "search":
-        index = read_index(args.index)
+        index = _read_index_arg(args.index)
         q = load_vectors(args.queries)
         params = {k: v for k, v in (("nprobe", args.nprobe), ("bound_m", args.bound_m)) if v is not None}
         t0 = time.perf_counter()
@@ -112,6 +112,22 @@ def main(argv: list[str]) -> None:
             _, I = index.search(q, args.k, {"nprobe": nprobe} if "nprobe" in index.search_params else None)
             dt = time.perf_counter() - t0
             print(f"{nprobe:>7} {recall_at_k(I, gt):>10.4f} {len(q) / dt:>10.1f}")
+
+
+def _read_index_arg(path: str):
+    """``read_index`` for a command-line argument: errors name the file and say how to get an index."""
+    from .serialize import IndexFileError, read_index
+
+    path = Path(path)
+    hint = f"expected an index file written by `vqlib anns build BASE --factory ... -o {path.stem}.vqann`"
+    if path.suffix in (".npy", ".fvecs"):
+        hint += f" (vectors such as {path.name} go after the index, as the queries)"
+    if not path.is_file():
+        raise IndexFileError(f"{path} does not exist or is not a file; {hint}")
+    try:
+        return read_index(path)
+    except IndexFileError as err:
+        raise IndexFileError(f"{path}: {err}; {hint}") from err
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .images import to_rgb_tensor
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 # Natural photographs bundled inside the scikit-image wheel (no download).
@@ -25,27 +27,6 @@ SKIMAGE_TRAIN = (
     "immunohistochemistry", "moon", "page", "text", "colorwheel", "logo", "cell", "horse",
 )  # fmt: skip
 SKIMAGE_VAL = ("astronaut", "coffee", "gravel", "clock")
-
-
-def to_rgb_tensor(image: np.ndarray) -> torch.Tensor:
-    """HWC/HW array (uint8, bool or float) → ``(3, H, W)`` float in ``[0, 1]``."""
-    a = np.asarray(image)
-    if a.dtype == bool:
-        a = a.astype(np.float32)
-    elif np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    else:
-        a = a.astype(np.float32)
-        if a.max() > 1.0:
-            a = a / 255.0
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.shape[-1] == 4:  # composite onto white
-        alpha = a[..., 3:4]
-        a = a[..., :3] * alpha + (1 - alpha)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"expected a grayscale, RGB or RGBA image, got array of shape {image.shape}")
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).clamp(0, 1)
 
 
 def _resize_short_side(img: torch.Tensor, short: int) -> torch.Tensor:
