@@ -292,3 +292,10 @@ def test_from_config_builds_an_untrained_copy():
 def test_misspelt_argument_names_the_class_and_its_arguments():
     with pytest.raises(TypeError, match=r"FSQ: .*'bownd'.*; it takes levels, dim, .*bound"):
         FSQ(levels=[8, 8], bownd="ifsq")
+
+
+def test_missing_local_folder_is_not_taken_for_a_hub_repo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(PretrainedFileError, match="runs/demo is not a folder"):
+        FSQ.from_pretrained("runs/demo")  # would otherwise try a hub download of the repo "runs/demo"

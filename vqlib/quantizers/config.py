@@ -288,7 +288,10 @@ def _local_folder(path: str | os.PathLike, hub_kwargs: dict) -> Path:
     if local.is_dir():
         return local
     text = str(path)
-    looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/", "~")) and not local.exists()
+    # "owner/name" is a hub repo id unless its first part is a local folder ("runs/demo" that is not there yet)
+    looks_like_repo = (
+        text.count("/") == 1 and not text.startswith((".", "/", "~")) and not local.exists() and not local.parent.exists()
+    )
     if looks_like_repo:
         try:
             from huggingface_hub import snapshot_download
