@@ -1,11 +1,14 @@
 """Codebook primitives: one contract (:class:`Quantizer`) for every method."""
 
 from .base import GRADIENTS, Quantizer, QuantizerOutput, Usage
+from .bsq import BSQ
 from .codec import Codec, CodesMismatchError, NotFittedError
 from .config import ConfigMixin, PretrainedFileError
 from .fsq import FSQ
 from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
+from .grouped import GroupedQuantizer
 from .kmeans import KMeansResult, kmeans, subsample
+from .lfq import LFQ
 from .lr2vq import (
     LR2VQConv2d,
     LR2VQLayerReport,
@@ -31,25 +34,30 @@ from .pvq import (
     pvq_size,
     pvq_words,
 )
+from .residual import ResidualFSQ, ResidualQuantizer
 from .saq import CAQ, SAQ, SAQCodes
 from .simvq import SimVQ
 from .vq import VectorQuantizer
 
 __all__ = [
+    "BSQ",
     "CAQ",
-    "Codec",
-    "CodesMismatchError",
-    "ConfigMixin",
     "FSQ",
     "FVQ",
     "GRADIENTS",
+    "LFQ",
+    "METRICS",
+    "SAQ",
+    "Codec",
+    "CodesMismatchError",
+    "ConfigMixin",
+    "GroupedQuantizer",
     "KMeansResult",
     "LR2VQConv2d",
     "LR2VQLayerReport",
     "LR2VQLinear",
     "LR2VQReport",
     "LR2VQWeight",
-    "METRICS",
     "NotFittedError",
     "PVQCodes",
     "PVQWeight",
@@ -57,7 +65,8 @@ __all__ = [
     "PyramidVQ",
     "Quantizer",
     "QuantizerOutput",
-    "SAQ",
+    "ResidualFSQ",
+    "ResidualQuantizer",
     "SAQCodes",
     "SimVQ",
     "Usage",
