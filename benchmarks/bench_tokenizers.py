@@ -57,7 +57,7 @@ class AnchorVQ(Quantizer):
 
 RUNS = {
     "vq (LlamaGen: cosine 8-d, learned)": lambda: VectorQuantizer(Z, 16384, codebook_dim=8, metric="cosine", codebook_update="gradient"),
-    "vq + k-means + dead-code restart (EMA)": lambda: VectorQuantizer(Z, 16384, codebook_dim=8, metric="cosine", init="kmeans", dead_code_threshold=0.01),
+    "vq + k-means + dead-code restart (EMA)": lambda: VectorQuantizer(Z, 16384, codebook_dim=8, metric="cosine", init="kmeans", dead_code_threshold=0.1),
     "simvq": lambda: SimVQ(Z, 16384, codebook_dim=8),
     "fvq": lambda: FVQ(Z, 16384, codebook_dim=8),
     "fsq [8,8,8,6,5]": lambda: FSQ([8, 8, 8, 6, 5], dim=Z),

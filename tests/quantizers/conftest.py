@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from vqlib.quantizers import FSQ, FVQ, SimVQ, VectorQuantizer
+from vqlib.quantizers import (
+    BSQ,
+    FSQ,
+    FVQ,
+    LFQ,
+    GroupedQuantizer,
+    ResidualFSQ,
+    ResidualQuantizer,
+    SimVQ,
+    VectorQuantizer,
+)
 
 DIM = 12
 
@@ -24,6 +34,22 @@ CONFIGS = {
     "fsq-groups": lambda: FSQ([8, 6, 5], dim=DIM, num_codebooks=2),
     "ifsq": lambda: FSQ([17, 17, 17, 17], dim=DIM, bound="ifsq"),
     "ifsq-groups-rotation": lambda: FSQ([9, 5], dim=DIM, num_codebooks=3, bound="ifsq", gradient="rotation"),
+    "residual-vq": lambda: ResidualQuantizer(DIM, 16, num_quantizers=3),
+    "residual-vq-shared-kmeans-dead-dropout": lambda: ResidualQuantizer(
+        DIM,
+        num_quantizers=3,
+        quantizer=VectorQuantizer(DIM, 16, codebook_update="gradient", init="kmeans", kmeans_batches=2, dead_code_threshold=0.5),
+        shared_codebook=True,
+        quantize_dropout=0.5,
+    ),
+    "residual-simvq-proj-rotation": lambda: ResidualQuantizer(DIM, quantizer=SimVQ(4, 16), num_quantizers=2, gradient="rotation"),
+    "residual-fsq": lambda: ResidualFSQ([5, 5, 3], num_quantizers=3, dim=DIM),
+    "grouped-vq": lambda: GroupedQuantizer(DIM, VectorQuantizer(4, 16), groups=3),
+    "grouped-residual": lambda: GroupedQuantizer(DIM, ResidualQuantizer(6, 16, num_quantizers=2), groups=2),
+    "lfq-proj": lambda: LFQ(DIM, 2**5),
+    "lfq-groups-exact": lambda: LFQ(codebook_size=2**4, num_codebooks=3, codebook_entropy="exact"),
+    "bsq-proj": lambda: BSQ(DIM, 2**6),
+    "bsq-groups-rotation": lambda: BSQ(DIM, 2**4, num_codebooks=3, gradient="rotation"),
 }
 
 

@@ -1,12 +1,15 @@
 """Codebook primitives: one contract (:class:`Quantizer`) for every method."""
 
 from .base import GRADIENTS, Quantizer, QuantizerOutput, Usage
+from .bsq import BSQ
 from .codec import Codec, CodesMismatchError, NotFittedError
 from .config import ConfigMixin, PretrainedFileError
 from .fsq import FSQ
 from .fvq import FVQ, VQBridge, learning_annealing, learning_annealing_lambda
 from .gptq import gptq_quantize
+from .grouped import GroupedQuantizer
 from .kmeans import KMeansResult, kmeans, subsample
+from .lfq import LFQ
 from .lr2vq import (
     LR2VQConv2d,
     LR2VQLayerReport,
@@ -32,26 +35,31 @@ from .pvq import (
     pvq_size,
     pvq_words,
 )
+from .residual import ResidualFSQ, ResidualQuantizer
 from .rotations import hadamard_transform, random_orthogonal
 from .saq import CAQ, SAQ, SAQCodes, Segment
 from .simvq import SimVQ
 from .vq import VectorQuantizer
 
 __all__ = [
+    "BSQ",
     "CAQ",
-    "Codec",
-    "CodesMismatchError",
-    "ConfigMixin",
     "FSQ",
     "FVQ",
     "GRADIENTS",
+    "LFQ",
+    "METRICS",
+    "SAQ",
+    "Codec",
+    "CodesMismatchError",
+    "ConfigMixin",
+    "GroupedQuantizer",
     "KMeansResult",
     "LR2VQConv2d",
     "LR2VQLayerReport",
     "LR2VQLinear",
     "LR2VQReport",
     "LR2VQWeight",
-    "METRICS",
     "NotFittedError",
     "PVQCodes",
     "PVQWeight",
@@ -59,7 +67,8 @@ __all__ = [
     "PyramidVQ",
     "Quantizer",
     "QuantizerOutput",
-    "SAQ",
+    "ResidualFSQ",
+    "ResidualQuantizer",
     "SAQCodes",
     "Segment",
     "SimVQ",

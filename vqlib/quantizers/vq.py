@@ -11,14 +11,34 @@ sums ``m_k`` (arXiv 1711.00937, appendix): ``e_k = m_k / Ñ_k`` with Laplace
 smoothing ``Ñ_k = (N_k + ε) / (n + Kε) · n``.
 
 Codebook health: k-means initialisation over the first few training batches
-(Łańcucki et al. 2020, arXiv 2005.08520) and restart of dead codes (EMA usage
-under a threshold) from random vectors of the current batch (Dhariwal et al.
-2020, Jukebox, arXiv 2005.00341). Under ``torch.distributed`` all statistics
-are summed over ranks and all random choices are made identically, so every
-rank holds the same codebook.
+(Łańcucki et al. 2020, arXiv 2005.08520) and restart of dead codes (Dhariwal
+et al. 2020, Jukebox, arXiv 2005.00341). A code is dead when its EMA share of
+the assignments falls under ``t / K`` (``t = dead_code_threshold``, a fraction
+of the uniform share, so one value means the same at every K and batch size):
+
+    N_k < t · (Σ_j N_j) / K        (N: EMA hits per batch, Σ_j N_j: EMA batch size)
+
+Restarts are bounded so that no threshold can wreck the codebook: dead codes
+are taken lowest share first, at most ``max_restart_fraction · K`` per step,
+never a code restarted less than one EMA time constant ``1 / (1 − decay)``
+steps ago; each takes a distinct, not yet used row of a reservoir of recent
+inputs (a ring buffer fed by every training batch, so several batches supply
+restarts when one cannot); its EMA statistics restart at the uniform share
+``N_k = Σ_j N_j / K`` with ``m_k = e_k N_k``, i.e. consistent with its new
+position. (The previous rule counted thresholds in hits per batch: at
+K = 16384 and batch 1024, where the uniform rate is 1/16 hit per batch, a
+threshold of 2 declared every code dead at every step; the codes were redrawn,
+with repeats, from the 1,024 rows of each batch and given statistics that
+decayed under the threshold after one step, so they never moved off raw
+samples: a codebook of noisy duplicates, worse than the mean in 384-d.)
+Under ``torch.distributed`` all statistics are summed over ranks, the
+reservoir is fed from every rank's rows and all random choices are made
+identically, so every rank holds the same codebook and reservoir.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn as nn
@@ -49,8 +69,14 @@ class VectorQuantizer(Quantizer):
         eps: Laplace smoothing of the EMA counts.
         init: ``"random"`` or ``"kmeans"`` (over the first ``kmeans_batches`` training batches).
         kmeans_batches, kmeans_iters, kmeans_max_samples: k-means initialisation settings.
-        dead_code_threshold: a code whose EMA usage (hits per batch) falls under
-            this is restarted from a random vector of the batch; 0 disables.
+        dead_code_threshold: restart a code whose EMA share of the assignments
+            falls under this fraction of the uniform share 1/K (units: multiples
+            of the uniform share; 0 disables, the default as in
+            vector-quantize-pytorch; 0.1 is a good value). Any value is safe:
+            restarts are capped and spaced (see the module docstring).
+        max_restart_fraction: at most this fraction of the K codes is restarted
+            per step.
+        reservoir_size: rows of recent training inputs kept to restart codes from.
         commitment_weight: β.
         seed: seed of the random choices that must agree across ranks.
     """
@@ -69,6 +95,8 @@ class VectorQuantizer(Quantizer):
         kmeans_iters: int = 10,
         kmeans_max_samples: int = 1 << 20,
         dead_code_threshold: float = 0.0,
+        max_restart_fraction: float = 0.25,
+        reservoir_size: int = 8192,
         commitment_weight: float = 0.25,
         channel_first: bool = False,
         gradient: str = "ste",
@@ -93,6 +121,10 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         if dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold}")
+        if not 0 < max_restart_fraction <= 1:
+            raise ValueError(f"max_restart_fraction must be in (0, 1], got {max_restart_fraction}")
+        if reservoir_size < 1:
+            raise ValueError(f"reservoir_size must be >= 1, got {reservoir_size}")
         if dead_code_threshold > 0 and codebook_update == "frozen":
             raise ValueError("dead-code restart changes the codebook: use codebook_update='ema' or 'gradient'")
         if kmeans_batches < 1 or kmeans_iters < 1:
@@ -106,6 +138,8 @@ class VectorQuantizer(Quantizer):
         self.kmeans_iters = kmeans_iters
         self.kmeans_max_samples = kmeans_max_samples
         self.dead_code_threshold = dead_code_threshold
+        self.max_restart_fraction = max_restart_fraction
+        self.reservoir_size = reservoir_size
         self.commitment_weight = commitment_weight
         self.seed = seed
 
@@ -125,6 +159,12 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("initted", torch.tensor(False))
         self.register_buffer("steps", torch.tensor(0, dtype=torch.long))
         self._kmeans_buffer: list[torch.Tensor] = []
+        # restart bookkeeping, identical on every rank; not saved (a reloaded model refills it)
+        self.register_buffer("restarted_at", torch.full((codebook_size,), -(1 << 40), dtype=torch.long), persistent=False)
+        rows = reservoir_size if dead_code_threshold > 0 else 0
+        self.register_buffer("reservoir", torch.zeros(rows, cd), persistent=False)
+        self.register_buffer("reservoir_free", torch.zeros(rows, dtype=torch.bool), persistent=False)
+        self._reservoir_next = 0
 
     # ---- hooks ----------------------------------------------------------
 
@@ -173,7 +213,7 @@ class VectorQuantizer(Quantizer):
                 self._set_stats(torch.full_like(self.cluster_size, n_global / self.codebook_size))
                 self.initted.fill_(True)
         elif self.dead_code_threshold > 0:
-            self._restart_dead_codes(z, n_global)
+            self._restart_dead_codes(z)
 
     @torch.no_grad()
     def _collect_for_kmeans(self, z: torch.Tensor, n_global: float) -> None:
@@ -186,14 +226,17 @@ class VectorQuantizer(Quantizer):
         cap = max(1, self.kmeans_max_samples // distributed_world())
         local = subsample(local, cap, _generator(self.seed, 1))
         data = all_gather_rows(local)
-        centroids, _, counts = kmeans(
-            data, self.codebook_size, self.kmeans_iters, metric=self.metric, generator=_generator(self.seed, 2)
-        )
+        k = self.codebook_size
+        if self.dead_code_threshold > 0:
+            # fewer rows than codes: cluster what there is; the other codes start dead and are
+            # restarted from distinct rows of later batches (k-means would repeat rows)
+            k = min(k, data.shape[0])
+        centroids, _, counts = kmeans(data, k, self.kmeans_iters, metric=self.metric, generator=_generator(self.seed, 2))
         broadcast_(centroids)
         broadcast_(counts)
-        self.embed.data.copy_(centroids)
-        # counts over all sampled rows, rescaled to hits per batch
-        self._set_stats(counts * (n_global / data.shape[0]))
+        self.embed.data[:k] = centroids.to(self.embed.dtype)
+        # counts over all sampled rows, rescaled to hits per batch; codes beyond k have none
+        self._set_stats(F.pad(counts * (n_global / data.shape[0]), (0, self.codebook_size - k)))
         self.initted.fill_(True)
 
     def _set_stats(self, cluster_size: torch.Tensor) -> None:
@@ -202,21 +245,56 @@ class VectorQuantizer(Quantizer):
             self.embed_sum.copy_(self.embed * cluster_size[:, None])
 
     @torch.no_grad()
-    def _restart_dead_codes(self, z: torch.Tensor, n_global: float) -> None:
-        dead = self.cluster_size < self.dead_code_threshold
-        n_dead = int(dead.sum())
-        if n_dead == 0:
+    def _feed_reservoir(self, z: torch.Tensor) -> None:
+        """Append rows of this step (from every rank, in rank order) to the ring buffer."""
+        world = distributed_world()
+        # each rank offers at most a quarter of the reservoir per step, so it always spans several steps
+        per_rank = max(1, self.reservoir_size // (4 * world))
+        local = z[torch.randperm(z.shape[0], device=z.device)[:per_rank]] if z.shape[0] > per_rank else z
+        rows = all_gather_rows(local.to(self.reservoir.dtype))[-self.reservoir_size :]
+        slots = (self._reservoir_next + torch.arange(rows.shape[0], device=rows.device)) % self.reservoir_size
+        self.reservoir[slots] = rows
+        self.reservoir_free[slots] = True
+        self._reservoir_next = (self._reservoir_next + rows.shape[0]) % self.reservoir_size
+
+    def dead_codes(self) -> torch.Tensor:
+        """Boolean mask of the codes whose EMA share is under ``dead_code_threshold / K``."""
+        uniform = self.cluster_size.sum() / self.codebook_size
+        return self.cluster_size < self.dead_code_threshold * uniform
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, z: torch.Tensor) -> None:
+        self._feed_reservoir(z)
+        step = int(self.steps)
+        grace = math.ceil(1 / (1 - self.decay))
+        eligible = self.dead_codes() & (self.restarted_at <= step - grace)
+        candidates = eligible.nonzero()[:, 0]
+        cap = max(1, int(self.max_restart_fraction * self.codebook_size))
+        if candidates.numel() == 0 or not bool(self.reservoir_free.any()):
             return
-        # every rank with data offers n_dead random rows; all ranks then pick the same ones
-        local_pick = torch.randint(max(1, z.shape[0]), (n_dead if z.shape[0] else 0,), device=z.device)
-        pool = all_gather_rows(z[local_pick])
-        choice = torch.randperm(pool.shape[0], generator=_generator(self.seed, int(self.steps)), device="cpu")[:n_dead]
-        fresh = pool[choice.to(pool.device)]
-        self.embed.data[dead] = fresh.to(self.embed.dtype)
-        restart_usage = max(self.dead_code_threshold, n_global / self.codebook_size)
-        self.cluster_size[dead] = restart_usage
+        free = self.reservoir_free.nonzero()[:, 0]
+        free = free[torch.randperm(free.numel(), generator=_generator(self.seed, 3 + step), device="cpu").to(free.device)]
+        fresh = self.reservoir[free]
+        if self.metric == "cosine":
+            fresh = F.normalize(fresh, dim=-1)
+        # a row seen twice (data repeat across epochs) or equal to a code would make two codes equal
+        usable = _first_occurrence(_row_hash(fresh)) & ~torch.isin(_row_hash(fresh), _row_hash(self.embed.data.float()))
+        self.reservoir_free[free[~usable]] = False
+        n = min(candidates.numel(), int(usable.sum()), cap)
+        if n == 0:
+            return
+        # lowest share first (stable: ties by index), the same on every rank
+        codes = candidates[torch.sort(self.cluster_size[candidates], stable=True).indices[:n]]
+        rows = free[usable][:n]
+        fresh = fresh[usable][:n]
+        self.reservoir_free[rows] = False  # each row restarts one code
+        self.embed.data[codes] = fresh.to(self.embed.dtype)
+        # the statistics of a code in average use sitting at its new position
+        share = self.cluster_size.sum() / self.codebook_size
+        self.cluster_size[codes] = share
         if self.codebook_update == "ema":
-            self.embed_sum[dead] = fresh * restart_usage
+            self.embed_sum[codes] = fresh * share
+        self.restarted_at[codes] = step
 
     @torch.no_grad()
     def _after_step(self, z: torch.Tensor, idx: torch.Tensor) -> None:
@@ -235,6 +313,23 @@ class VectorQuantizer(Quantizer):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", metric={self.metric!r}, codebook_update={self.codebook_update!r}, init={self.init!r}"
+
+
+def _row_hash(x: torch.Tensor) -> torch.Tensor:
+    """An int64 hash of each row's float32 bits: equal rows hash equal (integer sums are exact)."""
+    bits = x.float().contiguous().view(torch.int32).long()
+    mult = torch.randint(1, 1 << 62, (x.shape[1],), generator=torch.Generator().manual_seed(12345)).to(x.device) | 1
+    return (bits * mult).sum(1)
+
+
+def _first_occurrence(keys: torch.Tensor) -> torch.Tensor:
+    """Mask of the first occurrence of each value of ``keys``."""
+    _, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if keys.numel() else 0,), keys.numel(), device=keys.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(keys.numel(), device=keys.device), "amin")
+    mask = torch.zeros_like(keys, dtype=torch.bool)
+    mask[first] = True
+    return mask
 
 
 def _generator(seed: int, stream: int) -> torch.Generator:
