@@ -5,6 +5,8 @@
     vqlib encode IMAGES... --tokenizer DIR -o tokens.safetensors
     vqlib decode tokens.safetensors --tokenizer DIR -o OUT_DIR
     vqlib anns build|search|bench ...                   # ANN indexes on SAQ codes (vqlib.anns.cli)
+    vqlib fit --config configs/generation/mnist.yaml    # a config with model.generator trains a LlamaGen (ARModule)
+    vqlib sample --generator DIR --tokenizer DIR --classes 0,3,7 --cfg 4.0 --seed 0 -o samples.png
 
 A file that is not what a command expects (not an image, not a tokens file,
 not an index, a missing or damaged tokenizer folder) is reported in one line,
@@ -107,12 +109,30 @@ def _run(argv: list[str], args: list[str] | None) -> None:
         from .anns.cli import main as anns_main
 
         return anns_main(argv[1:])
+    if argv and argv[0] == "sample":
+        from .generation.cli import sample_main
+
+        return sample_main(argv[1:])
     import torch
     from lightning.pytorch.cli import LightningCLI
 
     quiet_lightning()
     # denormal floats from tiny EMA/Adam statistics slow CPU training several-fold
     torch.set_flush_denormal(True)
+
+    from .generation.cli import is_generation_config
+
+    if is_generation_config(argv):
+        from .generation.module import ARModule
+
+        LightningCLI(
+            ARModule,
+            args=args,
+            trainer_defaults=_trainer_defaults(),
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
+        return
 
     from .tokenizers.module import TokenizerModule
 
