@@ -749,28 +749,30 @@ def main(argv=None) -> None:
         from importlib.metadata import version
 
         versions += f", vector-quantize-pytorch {version('vector-quantize-pytorch')}"
-    sections = [f"## Primitive benchmarks\n\nCommand: `{command}`\n\n{machine_line(threads, versions)} ({machine_info()})"]
+    header = f"Command: `{command}`\n\n{machine_line(threads, versions)} ({machine_info()})"
+    blocks = {}  # each part has its own block in BENCHMARKS.md, so one part can be re-run alone
 
     if args.part in ("nearest", "all"):
         rows = run_nearest(sizes, repeats, budget_s=20.0, mem_limit_gib=args.anchor_mem_limit, seed=args.seed)
-        sections.append("### Nearest-code search (k=1, random Gaussian data)\n\n" + nearest_table(rows))
-        print("\n" + sections[-1] + "\n", flush=True)
+        table = "### Nearest-code search (k=1, random Gaussian data)\n\n" + nearest_table(rows)
+        blocks["bench_primitives"] = f"## Primitive benchmarks: nearest-code search\n\n{header}\n\n{table}"
+        print("\n" + table + "\n", flush=True)
     if args.part in ("learning", "all"):
         t0 = time.perf_counter()
         rows = run_learning(args.datasets, learning_cells(args.grid), steps, args.lr, args.seed, args, args.methods,
                             QUICK_METHODS if args.quick else None)
         part_s = time.perf_counter() - t0
         mode = "quick" if args.quick else f"grid {args.grid}"
-        sections.append(f"### Codebook learning on real data ({mode}, part time {part_s / 60:.1f} min)\n\n"
-                        + learning_table(rows, args.lr))
-        print("\n" + sections[-1] + "\n", flush=True)
+        table = (f"### Codebook learning on real data ({mode}, part time {part_s / 60:.1f} min)\n\n"
+                 + learning_table(rows, args.lr))
+        blocks["bench_primitives_learning"] = f"## Primitive benchmarks: codebook learning\n\n{header}\n\n{table}"
+        print("\n" + table + "\n", flush=True)
 
-    sections.append(f"Total wall time: {(time.perf_counter() - t_start) / 60:.1f} min.")
-    print(sections[-1])
+    print(f"Total wall time: {(time.perf_counter() - t_start) / 60:.1f} min.")
     if args.write:
-        write_block(args.write, "bench_primitives", "\n\n".join(sections))
+        for name, text in blocks.items():
+            write_block(args.write, name, text)
         print(f"wrote {args.write}")
-
 
 if __name__ == "__main__":
     main()
