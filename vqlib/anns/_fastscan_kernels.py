@@ -219,6 +219,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
     up = np.zeros((ns, 32), np.float32)
     tot = np.zeros(32, np.float32)
     lb = np.zeros(32, np.float32)
+    order = np.arange(32)
     base = np.zeros(32, np.float32)
     wmax = np.zeros(32, np.float32)
     beta = np.float32(1.0) if ip else np.float32(2.0)
@@ -300,7 +301,10 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                     nb = norm2[p0 + t]
                     base[t] = nb if not ip else (z if nb < inf else inf)
                 thr = hd[k - 1]
-                bounded = prune and thr < inf
+                # with no k-th distance yet (a query's first codes) the bounds still order the exact estimates:
+                # the most promising first, so the k-th distance exists after about k of them
+                warm = prune and not thr < inf
+                bounded = prune
                 if bounded:
                     stats[qi, 0] += 32
                     for g in range(ng):
@@ -335,7 +339,10 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                         anyp |= lb[t] < thr
                     if not anyp:
                         continue
-                for t in range(32):
+                if warm:
+                    order[:] = np.argsort(lb)
+                for tt in range(32):
+                    t = order[tt] if warm else tt
                     if base[t] == inf or (bounded and not lb[t] < hd[k - 1]):
                         continue
                     p = p0 + t

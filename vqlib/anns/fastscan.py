@@ -36,7 +36,9 @@ increases in ``d``, so ``d < thr`` needs ``X − 2m·Σ_j fe_j·min(‖u_j‖, �
 tested with ``√(thr + excess)`` in place of ``‖u_j‖`` wherever smaller (the k-th distance ``thr`` of the block's
 start: it only decreases). A code whose lower bound on the distance (all segments at their bound) is not below the current k-th
 distance is dropped; the others get the exact estimate segment by segment (SAQ's stages: after each segment the
-bound is tightened by its exact value and checked again), and the top k is kept inside the kernel. ``bound_m=0``
+bound is tightened by its exact value and checked again), and the top k is kept inside the kernel. Until a
+query has k results (its first block) there is nothing to prune against, but the bounds still order the block's
+exact estimates: the most promising first, so the k-th distance exists after about k of them rather than 32. ``bound_m=0``
 scans every code exactly (the full scan the pruned one must agree with).
 
 Layout arrays (all C-contiguous numpy, built by :func:`build_layout`):
