@@ -1,8 +1,9 @@
 """Exact nearest code at small d: ``vqlib.quantizers.nearest`` against FAISS ``IndexFlatL2`` (k = 1, one thread).
 
 The issue-15 target row is (N, d, K) = (16384, 8, 65536), LlamaGen's 8-d codebook: FAISS answers it with a fused
-distance-and-argmin kernel, vqlib with blocked fp32 matmuls. Reported per shape: seconds (wall and process CPU, best
-of ``--repeats``), the speed ratio vqlib / FAISS, and whether both return the same indices (ties aside).
+distance-and-argmin kernel; vqlib with its compiled fused search (``vqlib.quantizers.nearest_small``, numba) and,
+for reference, its torch path (blocked fp32 matmuls). Reported per shape: seconds (wall and process CPU, best of
+``--repeats``), the speed ratio vqlib / FAISS (compiled path), and whether both return the same indices.
 
     python benchmarks/bench_nearest.py                   # the target row and two smaller ones
     python benchmarks/bench_nearest.py --shapes 4096,8,65536
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import faiss  # noqa: E402
 
 from vqlib.quantizers import nearest  # noqa: E402
+from vqlib.quantizers.nearest import _search as torch_path  # noqa: E402  (the benchmark times the torch path too)
 
 
 def timed(fn, repeats):
@@ -42,8 +44,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    print("| N | d | K | vqlib s (cpu) | FAISS IndexFlatL2 s (cpu) | vqlib / FAISS speed | same indices |")
-    print("|---|---|---|---|---|---|---|")
+    print("| N | d | K | vqlib s (cpu) | vqlib torch path s (cpu) | FAISS IndexFlatL2 s (cpu) | vqlib / FAISS speed | same indices |")
+    print("|---|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(";"):
         n, d, k = (int(v) for v in shape.split(","))
         g = torch.Generator().manual_seed(0)
@@ -51,9 +53,11 @@ def main():
         flat = faiss.IndexFlatL2(d)
         flat.add(c.numpy())
         vw, vc, (_, vi) = timed(lambda: nearest(x, c), args.repeats)
+        tw, tc, _ = timed(lambda: torch_path(x, c, 1, "l2", 256 << 20), args.repeats)
         fw, fc, (_, fi) = timed(lambda: flat.search(x.numpy(), 1), args.repeats)
         same = float(np.mean(vi[:, 0].numpy() == fi[:, 0]))
-        print(f"| {n} | {d} | {k} | {vw:.3f} ({vc:.3f}) | {fw:.3f} ({fc:.3f}) | {fw / vw:.2f}x | {same:.4f} |", flush=True)
+        print(f"| {n} | {d} | {k} | {vw:.3f} ({vc:.3f}) | {tw:.3f} ({tc:.3f}) | {fw:.3f} ({fc:.3f}) | {fw / vw:.2f}x | {same:.4f} |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
