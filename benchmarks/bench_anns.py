@@ -6,9 +6,13 @@ embeddings of standard-library docstrings (1,000 held out at random). Ground
 truth: vqlib ``FlatIndex``, checked against ``faiss.IndexFlatL2``.
 
 For each budget of ``B`` bits per dimension the FAISS indexes are
-``IVF{n},PQ{d·B/8}`` (8-bit codes), ``IVF{n},PQ{d·B/4}x4fs`` (fast scan) with and
-without ``RFlat`` re-ranking (k_factor 4), and ``IndexIVFRaBitQ`` with
-``nb_bits = B`` (query bits 8). vqlib's SAQ gets the largest average bit width
+``IVF{n},PQ{d·B/8}`` (8-bit codes), ``IVF{n},PQ{d·B/4}x4fs`` (fast scan),
+``IVF{n},RaBitQfs{B}`` (RaBitQ fast scan) and ``IndexIVFRaBitQ`` with ``nb_bits = B``
+(query bits 8), each with and without ``RFlat`` re-ranking (k_factor 4; ``--no-refine``
+drops those). vqlib's SAQ (``IVF{n},SAQ{b}`` ± ``Refine``) is searched by the compiled
+fast scan (``--backend numba``, the default), by the torch scan (``torch``), or by both
+(``both``: the check that the compiled scan's recall is no lower than the torch scan's,
+within 0.002, at every nprobe). vqlib's SAQ gets the largest average bit width
 whose code size fits the *smallest* code of that group, so it never has more
 bytes than a competitor; the table lists everyone's bytes per vector (codes,
 factors and the 8-byte id as FAISS stores them in inverted lists). Every index
@@ -19,12 +23,21 @@ distance (so ties are not penalised). QPS: all queries in one call, best of
 and ``torch.set_num_threads`` together).
 
 For vqlib the script also records where search time goes: the share of
-(query, code) pairs that each multi-stage step still had to read, and the
-seconds spent scoring each segment against the whole search (from one extra
-search with the index's ``profile`` on; the timed searches run without it).
+(query, code) pairs that each stage still had to read (compiled scan: the
+first-stage bound of every code, then the exact estimate per segment), and the
+share of the search spent in the scan (from one extra search with the index's
+``profile`` on; the timed searches run without it); the rest is the coarse
+search, query rotations and result assembly.
+
+Summary ratios (printed and written): at the same nprobe, vqlib's QPS over each
+FAISS index's; at equal recall, for every recall level above 0.8 that a FAISS
+row reaches, vqlib's fastest setting with at least that recall over FAISS's
+fastest index with at least that recall. Plots: QPS against recall@10, log
+scale, one panel per data set, budget and thread count (ann-benchmarks style),
+in ``benchmarks/results/``.
 
     python benchmarks/bench_anns.py --write BENCHMARKS.md               # full run (tens of minutes)
-    python benchmarks/bench_anns.py --quick    # reduced: ~7 min on 2 cores, ~6 of them faiss 8-bit PQ training
+    python benchmarks/bench_anns.py --quick    # reduced: 10k base, SIFT only, 4 bits, 1 thread, no 8-bit PQ
 """
 
 from __future__ import annotations
@@ -107,7 +120,7 @@ def saq_bits_for(budget: int, residual_sample: np.ndarray) -> float:
     raise ValueError(f"no SAQ width fits {budget} bytes at d={d}")
 
 
-def faiss_indexes(d: int, nlist: int, bits: int) -> dict[str, callable]:
+def faiss_indexes(d: int, nlist: int, bits: int, pq8: bool = True, refine: bool = True) -> dict[str, callable]:
     m8, m4 = d * bits // 8, d * bits // 4
 
     def rabitq():
@@ -115,22 +128,41 @@ def faiss_indexes(d: int, nlist: int, bits: int) -> dict[str, callable]:
         index.qb = 8  # 8-bit query quantisation: the accurate setting
         return index
 
-    def refined():
-        index = faiss.index_factory(d, f"IVF{nlist},PQ{m4}x4fs,RFlat")
-        index.k_factor = 4
+    def rabitq_fs():
+        index = faiss.index_factory(d, f"IVF{nlist},RaBitQfs{bits}")
+        if hasattr(index, "qb"):
+            index.qb = 8
         return index
 
-    return {
-        f"faiss IVF{nlist},PQ{m8}": lambda: faiss.index_factory(d, f"IVF{nlist},PQ{m8}"),
+    def refined(make):
+        def build():
+            index = faiss.IndexRefineFlat(make())
+            index.k_factor = 4
+            return index
+
+        return build
+
+    plain = {
         f"faiss IVF{nlist},PQ{m4}x4fs": lambda: faiss.index_factory(d, f"IVF{nlist},PQ{m4}x4fs"),
-        f"faiss IVF{nlist},PQ{m4}x4fs,RFlat": refined,
+        f"faiss IVF{nlist},RaBitQfs{bits}": rabitq_fs,
         f"faiss IVF{nlist},RaBitQ{bits}": rabitq,
     }
+    if pq8:
+        plain[f"faiss IVF{nlist},PQ{m8}"] = lambda: faiss.index_factory(d, f"IVF{nlist},PQ{m8}")
+    out = dict(plain)
+    if refine:
+        out |= {f"{label},RFlat": refined(make) for label, make in plain.items()}
+    return out
 
 
 def faiss_code_size(index) -> int:
     ivf = faiss.extract_index_ivf(index)
     return int(ivf.code_size) + 8 + (4 * index.d if isinstance(index, faiss.IndexRefine) else 0)
+
+
+def faiss_nprobe(index, nprobe: int) -> None:
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
 
 
 def timed_search(search, repeats: int) -> tuple[float, object]:
@@ -155,7 +187,7 @@ def run_dataset(name: str, args) -> list[dict]:
     print(f"\n{name}: {len(base)} base, {len(queries)} queries, d={d}, nlist={args.nlist}", flush=True)
     rows = []
     for bits in args.bits:
-        builders = faiss_indexes(d, args.nlist, bits)
+        builders = faiss_indexes(d, args.nlist, bits, pq8=not args.quick, refine=args.refine)
         built = {}
         for label, make in builders.items():
             set_threads(max(args.threads))
@@ -170,15 +202,21 @@ def run_dataset(name: str, args) -> list[dict]:
         sample = base[np.random.default_rng(0).permutation(len(base))[:20000]]
         sample = sample - coarse.reconstruct_n(0, args.nlist)[coarse.assign(sample, 1)[:, 0]]
         saq_bits = saq_bits_for(budget, sample)
-        for refine in (False, True):
-            label = f"vqlib IVF{args.nlist},SAQ{saq_bits:g}" + (",Refine" if refine else "")
-            index = index_factory(d, label.split(" ")[1])
+        backends = ["numba", "torch"] if args.backend == "both" else [args.backend]
+        for refine in (False, True) if args.refine else (False,):
+            spec = f"IVF{args.nlist},SAQ{saq_bits:g}" + (",Refine" if refine else "")
+            index = index_factory(d, spec)
             t0 = time.perf_counter()
             index.train(base)
             index.add(base)
             size = index.code_size  # a RefineIndex counts its float32 vectors too
-            built[label] = (index, time.perf_counter() - t0, size, len(serialize_index(index)))
+            build_s, nbytes = time.perf_counter() - t0, len(serialize_index(index))
+            for backend in backends:
+                built[f"vqlib {spec} {backend}"] = (index, build_s, size, nbytes)
         for label, (index, build_s, size, nbytes) in built.items():
+            if label.startswith("vqlib"):
+                getattr(index, "base", index).backend = label.rsplit(" ", 1)[1]
+                index.search(queries[:2], K)  # loads the compiled kernels, builds the scan layout
             for threads in args.threads:
                 set_threads(threads)
                 for nprobe in args.nprobe:
@@ -199,7 +237,7 @@ def run_dataset(name: str, args) -> list[dict]:
                         row["scan_share"] = round(sum(st["seconds"]) / profiled, 3)
                         row["plan"] = [list(p) for p in scan.saq.plan]
                     else:
-                        faiss.extract_index_ivf(index).nprobe = nprobe
+                        faiss_nprobe(index, nprobe)
                         seconds, (_, found) = timed_search(lambda: index.search(queries, K), args.repeats)
                     row["recall"] = round(recall_at_k(found, base, queries, true_d), 4)
                     row["qps"] = round(len(queries) / seconds, 1)
@@ -234,6 +272,44 @@ def markdown(rows: list[dict], command: str) -> str:
                 out.append(f"- {r['method']} nprobe {r['nprobe']}: plan {r['plan']}, pairs read per stage {r['stage_needed']}, scoring {r['scan_share']:.0%} of the time")
         out.append("")
     return "\n".join(out)
+
+
+def summary(rows: list[dict], min_recall: float = 0.8) -> list[str]:
+    """Ratios: vqlib (compiled scan) over FAISS at the same nprobe and at equal recall; torch-scan recall check."""
+    out = []
+    for (name, bits, threads), group in _groups(rows, ("dataset", "budget_bits", "threads")).items():
+        mine = [r for r in group if r["method"].startswith("vqlib") and not r["method"].endswith("torch")]
+        theirs = [r for r in group if r["method"].startswith("faiss")]
+        head = f"{name}, {bits} bits, {threads} thr"
+        for (method,), rs in _groups(theirs, ("method",)).items():
+            if "RFlat" in method:
+                continue
+            plain = [m for m in mine if "Refine" not in m["method"]]
+            same = [f"{m['qps'] / t['qps']:.2f}" for t in rs for m in plain if m["nprobe"] == t["nprobe"]]
+            out.append(f"{head}: same nprobe, vqlib SAQ / {method}: " + ", ".join(f"{v}x" for v in same))
+        eq, seen = [], set()
+        for level in sorted({t["recall"] for t in theirs if t["recall"] > min_recall}):
+            best_f = max((t for t in theirs if t["recall"] >= level), key=lambda r: r["qps"])
+            ok = [m for m in mine if m["recall"] >= level]
+            pair = (id(best_f), id(max(ok, key=lambda r: r["qps"])) if ok else None)
+            if pair in seen:  # same two settings as at the level below
+                continue
+            seen.add(pair)
+            if ok:
+                best_m = max(ok, key=lambda r: r["qps"])
+                eq.append(f"R>={level:.3f}: {best_m['qps'] / best_f['qps']:.2f}x ({best_m['method'].split(' ')[1]} "
+                          f"np{best_m['nprobe']} vs {best_f['method'].split(' ')[1]} np{best_f['nprobe']})")  # fmt: skip
+            else:
+                eq.append(f"R>={level:.3f}: vqlib never reaches it")
+        out.append(f"{head}: equal recall, vqlib's fastest / FAISS's fastest: " + ("; ".join(eq) or f"no FAISS row above {min_recall}"))
+        torch_rows = [r for r in group if r["method"].endswith("torch")]
+        for t in torch_rows:
+            twin = [m for m in mine if m["method"][: -len("numba")] == t["method"][: -len("torch")] and m["nprobe"] == t["nprobe"]]
+            for m in twin:
+                gap = t["recall"] - m["recall"]
+                flag = "ok" if gap <= 0.002 else "LOWER"
+                out.append(f"{head}: {m['method']} nprobe {m['nprobe']} recall {m['recall']:.4f} vs torch {t['recall']:.4f}: {flag}")
+    return out
 
 
 def _groups(rows, keys):
@@ -277,14 +353,23 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=None, help="subsample the base set")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="10k base, 200 queries, nlist 64, 4 bits, 1 thread")
-    parser.add_argument("--results", default="runs/bench_anns.json")
-    parser.add_argument("--plot", default="runs/bench_anns.png")
+    parser.add_argument("--backend", default="numba", choices=["numba", "torch", "both"],
+                        help="vqlib's scan: compiled (default), torch, or both (recall check)")
+    parser.add_argument("--no-refine", dest="refine", action="store_false", help="skip the re-ranked variants")
+    parser.add_argument("--quick", action="store_true",
+                        help="SIFT, 10k base, 200 queries, nlist 64, nprobe 1,4,16, 4 bits, 1 thread, no 8-bit PQ")
+    parser.add_argument("--results", default=None, help="JSON rows (default benchmarks/results/bench_anns[_quick].json)")
+    parser.add_argument("--plot", default=None, help="QPS-recall plot (default benchmarks/results/bench_anns[_quick].png)")
     parser.add_argument("--write", default=None, help="replace the bench_anns block of this markdown file")
     parser.add_argument("--block", default="bench_anns", help="name of the marked block --write replaces")
     args = parser.parse_args()
     if args.quick:
-        args.base, args.queries, args.nlist, args.nprobe, args.bits, args.threads, args.repeats = 10000, 200, 64, "1,4,16", "4", "1", 1
+        args.base, args.queries, args.nlist, args.nprobe, args.bits, args.threads, args.repeats = 10000, 200, 64, "1,4,16", "4", "1", 2
+        if "--datasets" not in sys.argv:
+            args.datasets = "sift"
+    stem = ROOT / "benchmarks" / "results" / ("bench_anns_quick" if args.quick else "bench_anns")
+    args.results = args.results or str(stem.with_suffix(".json"))
+    args.plot = args.plot or str(stem.with_suffix(".png"))
     args.nprobe = [int(v) for v in args.nprobe.split(",")]
     args.bits = [int(v) for v in args.bits.split(",")]
     args.threads = [int(v) for v in str(args.threads).split(",")]
@@ -295,8 +380,9 @@ def main() -> None:
     Path(args.results).write_text(json.dumps(rows, indent=1))
     plotted = plot(rows, Path(args.plot))
     text = markdown(rows, "python benchmarks/bench_anns.py " + " ".join(sys.argv[1:]))
+    text += "\n" + "\n".join(f"- {line}" for line in summary(rows)) + "\n"
     if plotted:
-        text += f"\n![recall vs QPS]({args.plot})\n"
+        text += f"\n![recall vs QPS]({Path(args.plot).relative_to(ROOT) if Path(args.plot).is_relative_to(ROOT) else args.plot})\n"
     print("\n" + text)
     if args.write:
         write_block(args.write, args.block, text, heading="## ANN search (issue 5)")

@@ -34,7 +34,7 @@ def spectrum_data(n, nq, d, decay, seed=0, clusters=16):
 class Setup:
     """SAQ codes of residuals in inverted lists, and the plain arrays fastscan.search takes."""
 
-    def __init__(self, xb, xq, nlist, bits, granularity=None, empty_lists=0):
+    def __init__(self, xb, xq, nlist, bits, granularity=None, empty_lists=0, stage_bits=2):
         d = xb.shape[1]
         g = torch.Generator().manual_seed(0)
         cents, assign, _ = kmeans(xb, nlist, iters=5, generator=g)
@@ -58,7 +58,7 @@ class Setup:
         self.layout = fastscan.build_layout([(seg.length, seg.bits) for seg in self.segs], self.unpacked, rescale,
                                             self.saq.norms2(self.codes), self.offsets,
                                             self.codes.factors[:, [seg.factors[0] for seg in self.segs]],
-                                            self.cseg)  # fmt: skip
+                                            self.cseg, stage_bits=stage_bits)  # fmt: skip
 
     def probe(self, nprobe, metric):
         return nearest(self.xq, self.cents, k=nprobe, metric=metric)[1]
@@ -120,6 +120,7 @@ PLANS = {
     "caq-4bit": dict(d=64, bits=4, granularity=64, decay=4.0),  # one coded segment
     "saq-3seg": dict(d=100, bits=5.0, granularity=10, decay=12.0),  # [(20, 11), (30, 6), (50, 0)]: odd lengths, >8 bits
     "saq-1bit": dict(d=40, bits=1, granularity=40, decay=1.0),
+    "saq-3seg-stage1": dict(d=100, bits=5.0, granularity=10, decay=12.0, stage_bits=1),  # first stage: top bit only
 }
 
 
@@ -128,8 +129,9 @@ def setup(request):
     torch.set_num_threads(1)
     p = PLANS[request.param]
     xb, xq = spectrum_data(1500, 40, p["d"], p["decay"], seed=1)
-    s = Setup(xb, xq, nlist=7, bits=p["bits"], granularity=p["granularity"], empty_lists=2)
-    if request.param == "saq-3seg":
+    s = Setup(xb, xq, nlist=7, bits=p["bits"], granularity=p["granularity"], empty_lists=2,
+              stage_bits=p.get("stage_bits", 2))
+    if request.param.startswith("saq-3seg"):
         assert sum(1 for _, b in s.saq.plan if b > 0) >= 2, s.saq.plan
     return s
 
@@ -181,6 +183,8 @@ def test_bad_input_is_refused(setup):
         setup.search(probe, 5, -1.0, "l2")
     with pytest.raises(ValueError, match="out of range"):
         setup.search(probe + 100, 5, 4.0, "l2")
+    with pytest.raises(ValueError, match="stage_bits"):
+        fastscan.build_layout([(16, 2)], [np.zeros((3, 16), np.int64)], np.ones((3, 1)), np.ones(3), [0, 3], stage_bits=3)
     with pytest.raises(ValueError, match="centroids"):  # an l2 layout is bound to its centroids
         fastscan.search(setup.cseg[:3], setup.cseg + 1, np.zeros((3, 0)), np.zeros((len(setup.cseg), 0)),
                         np.zeros((3, 1)), probe[:3, :1], setup.layout, 5, 4.0, "l2")  # fmt: skip
@@ -202,12 +206,16 @@ def sift_descriptors():
     return torch.from_numpy(x[1000:]), torch.from_numpy(x[:1000])
 
 
-@pytest.mark.parametrize("data", ["sift", "gaussian-3seg", "gaussian-caq2"])
+@pytest.mark.parametrize("data", ["sift", "minilm-like", "gaussian-3seg", "gaussian-caq2", "sift-1bit-stage"])
 def test_pruned_scan_keeps_full_scan_topk(data):
     torch.set_num_threads(1)
-    if data == "sift":
+    if data.startswith("sift"):
         xb, xq = sift_descriptors()
-        s = Setup(xb, xq, nlist=16, bits=4)
+        s = Setup(xb, xq, nlist=16, bits=4, stage_bits=1 if data.endswith("1bit-stage") else 2)
+    elif data == "minilm-like":  # unit-norm 384-d embeddings with a decaying spectrum, several coded segments
+        xb, xq = spectrum_data(6000, 1000, 384, 6.0, seed=6)
+        xb, xq = xb / xb.norm(dim=1, keepdim=True), xq / xq.norm(dim=1, keepdim=True)
+        s = Setup(xb, xq, nlist=16, bits=3.5)
     elif data == "gaussian-3seg":
         xb, xq = spectrum_data(8000, 1000, 100, 12.0, seed=2)
         s = Setup(xb, xq, nlist=16, bits=5.0, granularity=10)

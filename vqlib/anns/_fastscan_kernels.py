@@ -185,7 +185,7 @@ def _insert(hd, hp, dist, p, k):
     hp[i] = p
 
 
-@njit(nogil=True, fastmath=False, boundscheck=False)
+@njit(nogil=True, fastmath={"nnan", "ninf", "nsz"}, boundscheck=False)
 def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
           grp_seg, grp_start, grp_dims, seg_start, seg_dims, seg_bits,
           blk_off, anchor, codes, fblk, rescale, norm2, ucodes, pos, out_d, out_p, stats):  # fmt: skip
@@ -194,7 +194,15 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
     nq, dp = qseg.shape
     nprobe = probe.shape[1]
     ns, ng = seg_dims.shape[0], grp_dims.shape[0]
-    bpb = dp * 4  # code bytes per block of 32 (dp/8 pairs of 32 bytes)
+    nblk = blk_off[blk_off.shape[0] - 1]
+    bpb = codes.shape[0] // nblk if nblk > 0 else dp * 4  # code bytes per block of 32 (dp/8 pairs of 32 bytes per plane)
+    two = bpb == dp * 8  # the first stage reads the top two bit planes (build_layout's stage_bits)
+    w2 = np.zeros(ns, np.float32)  # weight of the second plane per segment, and Δ'/2 − 1 of ō' = Δ'(c' + ½) − 1
+    hd2 = np.full(ns, np.float32(-0.5))
+    for j in range(ns):
+        if two and seg_bits[j] >= 2:
+            w2[j] = np.float32(0.5)
+            hd2[j] = np.float32(-0.75)
     inf = np.float32(np.inf)
     z = np.float32(0.0)
     u = np.zeros(dp, np.float32)
@@ -207,10 +215,11 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
     normsq = np.zeros(ns, np.float32)
     slack = np.zeros(ns, np.float32)
     sadd = np.zeros(ns, np.float32)
-    acc = np.zeros(ng * 32, np.uint16)
+    acc = np.zeros(2 * ng * 32, np.uint16)
     up = np.zeros((ns, 32), np.float32)
     tot = np.zeros(32, np.float32)
     lb = np.zeros(32, np.float32)
+    order = np.arange(32)
     base = np.zeros(32, np.float32)
     wmax = np.zeros(32, np.float32)
     beta = np.float32(1.0) if ip else np.float32(2.0)
@@ -271,9 +280,9 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                     normsq[j] = s2
                 if prune:
                     for j in range(ns):
-                        sadd[j] = np.float32(-0.5) * sumu[j]
+                        sadd[j] = hd2[j] * sumu[j]
                     for g in range(ng):
-                        sadd[grp_seg[g]] += gadd[g]
+                        sadd[grp_seg[g]] += gadd[g] * (np.float32(1.0) + w2[grp_seg[g]])
                     for j in range(ns):  # m standard deviations of the 1-bit estimate's error, per segment
                         slack[j] = np.sqrt(normsq[j])
                 built = True
@@ -292,18 +301,28 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                     nb = norm2[p0 + t]
                     base[t] = nb if not ip else (z if nb < inf else inf)
                 thr = hd[k - 1]
-                bounded = prune and thr < inf
+                # with no k-th distance yet (a query's first codes) the bounds still order the exact estimates:
+                # the most promising first, so the k-th distance exists after about k of them
+                warm = prune and not thr < inf
+                bounded = prune
                 if bounded:
                     stats[qi, 0] += 32
                     for g in range(ng):
                         _block_sums(mode, codes, blk * bpb + 4 * grp_start[g], lut, 4 * grp_start[g], grp_dims[g] // 8, acc, 32 * g)
+                        if w2[grp_seg[g]] > 0:  # the second plane: same tables, codes dp dimensions further on
+                            _block_sums(mode, codes, blk * bpb + 4 * (dp + grp_start[g]), lut, 4 * grp_start[g],
+                                        grp_dims[g] // 8, acc, 32 * (ng + g))  # fmt: skip
                     for j in range(ns):
                         for t in range(32):
                             up[j, t] = z
                     for g in range(ng):
                         j = grp_seg[g]
-                        for t in range(32):
-                            up[j, t] += np.float32(acc[32 * g + t]) * ginv[g]
+                        if w2[j] > 0:
+                            for t in range(32):
+                                up[j, t] += (np.float32(acc[32 * g + t]) + w2[j] * np.float32(acc[32 * (ng + g) + t])) * ginv[g]
+                        else:
+                            for t in range(32):
+                                up[j, t] += np.float32(acc[32 * g + t]) * ginv[g]
                     for t in range(32):
                         tot[t] = z
                     for t in range(32):  # l2: the error's scale ‖w_j‖ is at most √(d + excess) for a code at distance d
@@ -320,7 +339,10 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                         anyp |= lb[t] < thr
                     if not anyp:
                         continue
-                for t in range(32):
+                if warm:
+                    order[:] = np.argsort(lb)
+                for tt in range(32):
+                    t = order[tt] if warm else tt
                     if base[t] == inf or (bounded and not lb[t] < hd[k - 1]):
                         continue
                     p = p0 + t
@@ -333,7 +355,7 @@ def _scan(mode, qseg, cseg, qtail, ctail, qconst, probe, ip, bound_m, k,
                         delta = np.float32(2.0) / np.float32(1 << seg_bits[j])
                         e = rescale[p, j] * (delta * dot + (delta * np.float32(0.5) - np.float32(1.0)) * sumu[j])
                         est += e
-                        if bounded and j + 1 < ns:  # SAQ's stages: later segments still at their 1-bit bound
+                        if bounded and j + 1 < ns:  # SAQ's stages: later segments still at their first-stage bound
                             upper += e - up[j, t]
                             if not base[t] + const - beta * upper < hd[k - 1]:
                                 alive = False

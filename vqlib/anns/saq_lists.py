@@ -64,6 +64,8 @@ class SAQLists:
     """
 
     backend = "auto"
+    #: top bit planes per segment in the compiled scan's first stage (:func:`fastscan.build_layout`; not saved)
+    stage_bits = 2
 
     def __init__(self, saq: SAQ, nlist: int, metric: str):
         self.saq, self.nlist, self.metric = saq, nlist, metric
@@ -149,12 +151,14 @@ class SAQLists:
         """The fast scan's search layout of the stored codes for centroids ``cseg`` (:func:`fastscan.pad_segments`).
 
         Built once per change of the lists (or of the centroids)."""
-        if self._layout is None or not np.array_equal(self._layout.centroids, cseg):
+        lay = self._layout
+        if lay is None or lay.stage_bits != self.stage_bits or not np.array_equal(lay.centroids, cseg):
             segs, unpacked, norms2 = self._coded()
             rescale = self.codes.factors[:, [s.factors[1] for s in segs]]
             seg_norm2 = self.codes.factors[:, [s.factors[0] for s in segs]]
             self._layout = fastscan.build_layout(
-                [(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets, seg_norm2, cseg
+                [(s.length, s.bits) for s in segs], unpacked, rescale, norms2, self.offsets, seg_norm2, cseg,
+                stage_bits=self.stage_bits,
             )
         return self._layout
 

@@ -7,12 +7,18 @@ keeps a running best (or top-k) per row, so the extra memory is one
 matrix and never a one-hot. Blocks of a few MiB keep the distances in cache
 between the matmul that writes them and the reduction that reads them, which
 is where the speed over an unblocked search comes from (see BENCHMARKS.md).
+
+For ``k = 1`` and ``d ≤ 16`` on CPU, when numba is installed, :mod:`vqlib.quantizers.nearest_small` answers
+instead: a compiled fused distance-and-argmin loop (16 codes per vector step), the same results (ties to the lower
+index) with no distance block at all.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import nearest_small
 
 __all__ = ["nearest", "pairwise_distances", "METRICS"]
 
@@ -84,7 +90,23 @@ def nearest(
         if metric == "cosine":
             x = F.normalize(x, dim=-1)
             codebook = F.normalize(codebook, dim=-1)
+        if _use_compiled(x, codebook, k):  # small d: the compiled fused search (nearest_small), same results
+            return nearest_small.nearest_small(x, codebook, "l2" if metric == "l2" else "ip")
         return _search(x, codebook, k, metric, max_memory)
+
+
+# The compiled small-d search takes over from this many (row, code) pairs (below it, its setup dominates).
+_COMPILED_MIN_PAIRS = 1 << 16
+
+
+def _use_compiled(x: torch.Tensor, codebook: torch.Tensor, k: int) -> bool:
+    return (
+        k == 1
+        and x.shape[1] <= nearest_small.MAX_DIM
+        and x.device.type == "cpu"
+        and x.shape[0] * codebook.shape[0] >= _COMPILED_MIN_PAIRS
+        and nearest_small.available()
+    )
 
 
 # Below this dimension the l2 search folds the code norms into the matmul (measured).
