@@ -11,7 +11,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,bench,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[anns,train,diffusion,bench,dev,ray]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
