@@ -100,8 +100,10 @@ class SignSplitLinear(nn.Module):
 
     @torch.no_grad()
     def after_step(self, step: int, steps: int) -> int:
-        """Magnitudes stay non-negative; track flips; freeze oscillating signs. Returns how many froze now."""
+        """Magnitudes and scales stay non-negative; track flips; freeze oscillating signs. Returns how many froze now."""
         self.codebook.clamp_(min=0)
+        if self.scales is not None:  # a negative scale would flip a whole row behind the stored signs' back
+            self.scales.clamp_(min=torch.finfo(torch.float16).tiny)
         neg = self.theta < 0
         flipped = (neg != self.last_neg) & ~self.frozen
         self.last_neg.copy_(neg)
