@@ -173,3 +173,22 @@ def test_a_transformers_model_quantizes_the_same_way():
         out = model(input_ids=ids[0]).last_hidden_state
     cos = torch.nn.functional.cosine_similarity(out, ref, dim=-1)
     assert cos.mean() > 0.5
+
+
+def test_cross_attention_model_calibrates_with_its_keyword_inputs():
+    from .tiny import tiny_pixart
+
+    model = tiny_pixart()
+    g = torch.Generator().manual_seed(0)
+    batch = [dict(hidden_states=torch.randn(2, 1, 8, 8, generator=g), encoder_hidden_states=torch.randn(2, 5, 24, generator=g),
+                  timestep=torch.tensor([10, 500]), added_cond_kwargs={"resolution": None, "aspect_ratio": None})]
+
+    def calibrate(m):
+        for kwargs in batch:
+            m(**kwargs)
+
+    report = quantize_(model, VQ4DiTConfig(vector_size=4, codebook_size=16, steps=5), calibrate=calibrate)
+    assert "transformer_blocks.0.attn2.to_k" in report.names and "transformer_blocks.1.attn2.to_v" in report.names
+    assert not any(n.startswith("caption_projection") for n in report.names)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch[0]).sample).all()
