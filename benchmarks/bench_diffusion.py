@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -120,9 +121,11 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=512, help="held-out sentences scored")
     parser.add_argument("--steps", type=int, default=200, help="calibration steps per block (VQ4DiT, SSVQ)")
     parser.add_argument("--only", nargs="*", help="substrings of the method labels to run")
+    parser.add_argument("--verbose", action="store_true", help="log each calibrated block's output error")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     rows = []
     if args.minilm or not args.testbed:
         rows += run_minilm(args.n_calib, args.n_eval, args.steps, args.only)

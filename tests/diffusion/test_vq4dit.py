@@ -79,3 +79,13 @@ def test_to_module_stores_the_hard_assignment_in_the_vqlinear_format():
     expect = soft.codebook[expect_codes].reshape(24, 16) * soft.scales[:, None]
     assert torch.allclose(q.dequantize(torch.float32), expect.detach(), atol=1e-6)
     assert torch.equal(q.bias, linear.bias.detach())
+
+
+def test_every_assignment_turns_hard_after_harden_at_of_the_steps():
+    linear, init, _ = _layer()
+    soft = SoftVQLinear(linear, init, candidates=3, harden_at=0.5)
+    soft.after_step(3, 10)  # step 4 of 10: still soft
+    assert not soft.hard
+    expect = soft.codes()
+    soft.after_step(4, 10)  # step 5 of 10: hard, each sub-vector on its largest ratio
+    assert soft.hard and torch.equal(soft.codes(), expect)

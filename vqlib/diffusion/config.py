@@ -186,7 +186,8 @@ class VQ4DiTConfig(QuantConfig):
     ``bits=2`` → ``vector_size=4, codebook_size=256``; ``bits=3`` → ``vector_size=2, codebook_size=64``
     (the paper's settings); ``vector_size=`` / ``codebook_size=`` set them directly. ``candidates`` is
     the paper's n (nearest codewords per sub-vector); a ratio above ``freeze_threshold`` freezes its
-    assignment (progressive freezing). ``steps`` optimiser steps per block; ``block_inputs="quantized"``
+    assignment (progressive freezing); after ``harden_at`` of the steps every assignment is hard and
+    the rest calibrate the codebook for the stored codes. ``steps`` optimiser steps per block; ``block_inputs="quantized"``
     feeds each block the output of the blocks already quantized (the paper's student path),
     ``"fp"`` the full-precision model's inputs.
     """
@@ -203,6 +204,7 @@ class VQ4DiTConfig(QuantConfig):
     lr_scales: float = 1e-3
     soft_weight: float = 0.01
     freeze_threshold: float = 0.99
+    harden_at: float = 0.75
     block_inputs: str = "quantized"
     scales: bool = True
     codebook_dtype: str = "float16"

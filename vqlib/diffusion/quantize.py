@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from .ssvq import SignSplitLinear
 from .vq4dit import SoftVQLinear
 
 __all__ = ["LayerReport", "QuantReport", "find_blocks", "model_bytes", "quantize_", "select_layers"]
+
+logger = logging.getLogger(__name__)
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -292,7 +295,7 @@ def _soft_layer(layer: nn.Linear, config, generator) -> nn.Module:
                        max_samples=config.max_samples, generator=generator)  # fmt: skip
     if signs:
         return SignSplitLinear(layer, init, config.flip_momentum, config.freeze_start, config.freeze_end)
-    return SoftVQLinear(layer, init, config.candidates, config.freeze_threshold)
+    return SoftVQLinear(layer, init, config.candidates, config.freeze_threshold, config.harden_at)
 
 
 def _record(model: nn.Module, calibrate, names: list[str], outputs: bool) -> dict:
@@ -357,7 +360,8 @@ def _calibrated(model: nn.Module, targets: dict[str, nn.Linear], config, calibra
             for name in names:
                 _set(block, name[len(block_name) + 1 :], softs[name])
         if inputs:
-            _optimise(block, [softs[n] for n in names], inputs, [c.output for c in calls], config)
+            first, last = _optimise(block, [softs[n] for n in names], inputs, [c.output for c in calls], config)
+            logger.info("%s: block %s, relative output error %.4g -> %.4g", config.method, block_name, first, last)
         for name in names:
             built[name] = softs[name].to_module(config)
             if work is not None:
@@ -365,7 +369,8 @@ def _calibrated(model: nn.Module, targets: dict[str, nn.Linear], config, calibra
     return built
 
 
-def _optimise(block: nn.Module, layers: list[nn.Module], inputs, targets, config) -> None:
+def _optimise(block: nn.Module, layers: list[nn.Module], inputs, targets, config) -> tuple[float, float]:
+    """Calibrate ``layers`` inside ``block``; returns the mean relative output error of the first and last pass."""
     mode = block.training
     block.eval()
     own = {id(p) for layer in layers for g in layer.param_groups(config) for p in g["params"]}
@@ -374,12 +379,14 @@ def _optimise(block: nn.Module, layers: list[nn.Module], inputs, targets, config
         p.requires_grad_(id(p) in own)
     groups = [g for layer in layers for g in layer.param_groups(config)]
     opt = torch.optim.Adam(groups)
+    losses = []
     try:
         with torch.enable_grad():
             for step in range(config.steps):
                 call = inputs[step % len(inputs)]
                 out = block(*call.args, **call.kwargs)
                 loss = _block_loss(out, targets[step % len(inputs)])
+                losses.append(loss.item())
                 reg = sum(layer.regulariser() for layer in layers)
                 weight = getattr(config, "soft_weight", 0.0)
                 opt.zero_grad(set_to_none=True)
@@ -391,3 +398,5 @@ def _optimise(block: nn.Module, layers: list[nn.Module], inputs, targets, config
         for p, flag in flags:
             p.requires_grad_(flag)
         block.train(mode)
+    n = min(len(inputs), len(losses))
+    return (sum(losses[:n]) / n, sum(losses[-n:]) / n) if n else (float("nan"), float("nan"))

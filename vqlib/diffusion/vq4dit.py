@@ -13,7 +13,10 @@ block, the error between the block's output and the full-precision block's outpu
 the codebook and the logits, plus ``λ · n · mean r(1−r)`` which pushes the ratios towards one
 hot. A sub-vector whose largest ratio passes 0.99 is frozen to that candidate (progressive
 freezing); a layer with more than 99% frozen turns hard (codes fixed, the codebook still
-calibrated), and at the end every assignment is the candidate with the largest ratio.
+calibrated), and at the end every assignment is the candidate with the largest ratio. With a
+short calibration (vqlib's default: hundreds of steps per block, not the paper's thousands)
+few sub-vectors reach 0.99 on their own, so after ``harden_at`` of the steps every assignment
+is made hard and the rest of the steps calibrate the codebook for the codes that are stored.
 
 vqlib's format keeps a per-output-channel scale (VQLinear): weights are divided by their row RMS
 before clustering and the scale is calibrated with the codebook.
@@ -40,9 +43,12 @@ class SoftVQLinear(nn.Module):
         init: the layer's k-means start (:func:`vqlib.diffusion.kmeans_vq.kmeans_init`).
         candidates: ``n``, nearest codewords kept per sub-vector.
         freeze_threshold: a ratio above it freezes its sub-vector's assignment.
+        harden_at: fraction of the calibration steps after which every assignment is hard, so the
+            remaining steps calibrate the codebook (and scales) for the codes that will be stored.
     """
 
-    def __init__(self, linear: nn.Linear, init: KMeansInit, candidates: int = 2, freeze_threshold: float = 0.99):
+    def __init__(self, linear: nn.Linear, init: KMeansInit, candidates: int = 2, freeze_threshold: float = 0.99,
+                 harden_at: float = 0.75):  # fmt: skip
         super().__init__()
         if not 1 <= candidates <= init.codebook.shape[0]:
             raise ValueError(f"candidates must be in [1, codebook_size={init.codebook.shape[0]}], got {candidates}")
@@ -51,7 +57,9 @@ class SoftVQLinear(nn.Module):
         self._source = [linear]  # a plain list: the FP layer is not a submodule (its weight never trains)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.vector_size = init.codebook.shape[1]
-        self.freeze_threshold = freeze_threshold
+        if not 0 <= harden_at <= 1:
+            raise ValueError(f"harden_at must be in [0, 1], got {harden_at}")
+        self.freeze_threshold, self.harden_at = freeze_threshold, harden_at
         self.codebook = nn.Parameter(init.codebook.clone().float())
         self.scales = nn.Parameter(init.scales.clone().float()) if init.scales is not None else None
         sub = init.normalised.reshape(-1, self.vector_size)
@@ -129,6 +137,8 @@ class SoftVQLinear(nn.Module):
 
     def after_step(self, step: int, steps: int) -> None:
         self.progressive_freeze()
+        if step + 1 >= self.harden_at * steps:
+            self.harden()
 
     @torch.no_grad()
     def to_module(self, config) -> nn.Module:
