@@ -1,0 +1,10 @@
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
