@@ -86,12 +86,16 @@ def quiet_lightning() -> None:
 
     * lightning 2.6's ``_pytree`` builds torch's deprecated ``LeafSpec`` (a
       ``FutureWarning`` since torch 2.10), fixed upstream only in newer lightning;
-    * the "litlogger" advertisement logged at ``INFO`` when a trainer is built.
+    * the "litlogger" advertisement logged at ``INFO`` when a trainer is built;
+    * ModelCheckpoint's note that under manual optimization (vqlib's GAN step) a
+      step-interval checkpoint holds the state after that step's update: that is
+      the state vqlib resumes from (tests/tokenizers/test_module.py checks it).
     """
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
     logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
         logger.addFilter(_DropLitLoggerTip())
