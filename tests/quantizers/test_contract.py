@@ -41,28 +41,43 @@ def test_training_forward_value_equals_decode(name):
     q = warm_up(CONFIGS[name]())
     assert q.training
     before = copy.deepcopy(q)
-    searched = []
-    effective = q._effective_codebook
+    # record the first codebook each (sub-)quantizer searched: wrappers (residual, grouped) hold several
+    searched = {}
+    quantizers = {name: m for name, m in q.named_modules() if hasattr(m, "_effective_codebook")}
 
-    def recording():
-        codebook = effective()
-        searched.append(codebook.detach().clone())
-        return codebook
+    def recording(name, effective):
+        def record():
+            codebook = effective()
+            searched.setdefault(name, codebook.detach().clone())
+            return codebook
 
-    q._effective_codebook = recording
+        return record
+
+    for name, m in quantizers.items():
+        m._effective_codebook = recording(name, m._effective_codebook)
     x = torch.randn(40, DIM, requires_grad=True)
     torch.manual_seed(1)
     out = q(x)
-    del q._effective_codebook
+    for m in quantizers.values():
+        del m._effective_codebook
     assert q.training
 
-    # the codebook the search used (the first one computed; FSQ's grid is fixed and never searched):
-    # under it the returned indices are the nearest codes, and the value is their codes
+    # the codebooks the search used (the first ones computed; FSQ's grid is fixed and never searched):
+    # under them the returned indices are the nearest codes, and the value is their codes
     frozen = copy.deepcopy(q).eval()
-    if searched:
-        frozen._effective_codebook = lambda: searched[0]
-    assert torch.equal(frozen.encode(x.detach()), out.indices)
-    assert torch.equal(out.quantized, frozen.decode(out.indices))
+    for name, m in frozen.named_modules():
+        if name in searched:
+            m._effective_codebook = lambda c=searched[name]: c
+    kept = out.indices >= 0  # quantize dropout (residual) marks the stages it dropped in training with -1
+    assert torch.equal(frozen.encode(x.detach())[kept], out.indices[kept])
+    if kept.all():
+        assert torch.equal(out.quantized, frozen.decode(out.indices))
+    else:  # dropped stages are a suffix per example, and the value is the code of the kept prefix
+        stages = kept.sum(-1)
+        assert torch.equal(kept, torch.arange(kept.shape[-1]) < stages[..., None])
+        for n in stages.unique().tolist():
+            rows = stages == n
+            assert torch.equal(out.quantized[rows], frozen.decode(out.indices[rows][..., :n]))
 
     # the same step without autograd gives the same value, indices, loss and state: only gradients differ
     twin = copy.deepcopy(before)
@@ -77,7 +92,7 @@ def test_training_forward_value_equals_decode(name):
     # what a training step must do: pass gradient to the input, count usage, move an EMA codebook
     (out.quantized * torch.randn_like(out.quantized)).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    assert q.usage(sync=False).total == before.usage(sync=False).total + out.indices.numel()
+    assert q.usage(sync=False).total == before.usage(sync=False).total + int(kept.sum())  # dropped stages uncounted
     if getattr(q, "codebook_update", None) == "ema":
         assert not torch.equal(q.embed, before.embed), "an EMA training step must update the codebook"
         assert int(q.steps) == int(before.steps) + 1
