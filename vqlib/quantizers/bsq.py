@@ -36,23 +36,10 @@ class BSQ(LFQ):
     LFQ's for d ≈ 16.
     """
 
-    def __init__(
-        self,
-        dim: int | None = None,
-        codebook_size: int = 2**16,
-        num_codebooks: int = 1,
-        entropy_weight: float = 0.1,
-        diversity: float = 1.0,
-        commitment_weight: float = 0.25,
-        temperature: float = 0.01,
-        codebook_entropy: str = "factorized",
-        channel_first: bool = False,
-        gradient: str = "ste",
-        check_finite: bool = True,
-    ):
-        super().__init__(dim, codebook_size, num_codebooks, entropy_weight, diversity, commitment_weight, temperature,
-                         codebook_entropy, channel_first, gradient, check_finite)
-        self.scale = 1 / math.sqrt(self.codebook_dim)
+    # LFQ's constructor as it is; only the codes' scale differs (1/√d puts them on the unit sphere)
+    @property
+    def scale(self) -> float:
+        return 1 / math.sqrt(self.codebook_dim)
 
     def _prepare_codes(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z, dim=-1)

@@ -135,7 +135,9 @@ class ConfigMixin:
                         arguments.update(arguments.pop(name, {}))
                 for name in type(self)._unrecorded_arguments:
                     arguments.pop(name, None)
-                object.__setattr__(self, "_init_config", (f"{cls.__module__}.{cls.__qualname__}", arguments))
+                # the object's own class: a subclass that keeps its parent's constructor records itself
+                kind = type(self)
+                object.__setattr__(self, "_init_config", (f"{kind.__module__}.{kind.__qualname__}", arguments))
             init(self, *args, **kw)
 
         cls.__init__ = recording_init
